@@ -1,0 +1,1 @@
+"""Reward plug-ins: the interface, the registry and the built-ins."""

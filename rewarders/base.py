@@ -1,0 +1,65 @@
+"""The reward plug-in interface and how a recipe's `reward.name` becomes a rewarder."""
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Rewarder(Protocol):
+    """Anything with this method is a rewarder; it is built with the recipe's `reward.kwargs`."""
+
+    def score(self, prompts: list[str], completions: list[str],
+              metadata: list[dict]) -> list[float]: ...
+
+
+class RewardError(RuntimeError):
+    """A rewarder failed; the message names it and the first bad item."""
+
+
+# Short name -> "module:Class"; imported lazily so listing rewarders stays instant.
+BUILTINS: dict[str, str] = {
+    "letters": "rewarders.letters:LettersRewarder",
+}
+
+
+def load_rewarder(name: str, kwargs: dict[str, Any] | None = None) -> Rewarder:
+    target = BUILTINS.get(name, name)
+    if ":" not in target:
+        raise RewardError(f"reward.name: unknown rewarder {name!r}; built-ins: "
+                          f"{', '.join(sorted(BUILTINS))}, or give package.module:ClassName")
+    module_name, class_name = target.split(":", 1)
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as error:
+        raise RewardError(f"reward.name: cannot import {target!r}: {error}") from None
+    try:
+        rewarder = cls(**(kwargs or {}))
+    except Exception as error:  # a plug-in's constructor can fail in any way
+        raise RewardError(f"reward {name!r}: constructor failed with reward.kwargs="
+                          f"{kwargs}: {type(error).__name__}: {error}") from None
+    if not callable(getattr(rewarder, "score", None)):
+        raise RewardError(f"reward {name!r}: {target} has no score(prompts, completions, metadata)")
+    return rewarder
+
+
+def score_checked(rewarder: Rewarder, name: str, prompts: list[str], completions: list[str],
+                  metadata: list[dict]) -> list[float]:
+    """Calls the rewarder and turns any failure into a RewardError naming it and the bad item."""
+    try:
+        scores = rewarder.score(prompts, completions, metadata)
+    except Exception as error:
+        raise RewardError(f"rewarder {name!r} raised {type(error).__name__}: {error}") from error
+    try:
+        scores = [float(s) for s in scores]
+    except (TypeError, ValueError) as error:
+        raise RewardError(f"rewarder {name!r} returned non-numeric scores: {error}") from None
+    if len(scores) != len(completions):
+        raise RewardError(f"rewarder {name!r} returned {len(scores)} scores for "
+                          f"{len(completions)} completions")
+    for index, value in enumerate(scores):
+        if not math.isfinite(value):
+            raise RewardError(f"rewarder {name!r} returned {value} for item {index} "
+                              f"(completion {completions[index][:60]!r})")
+    return scores

@@ -1,0 +1,267 @@
+"""The recipe: one typed, validated schema with defaults and help text.
+
+A recipe is YAML plus `a.b=c` overrides. Unknown keys and bad values are errors that name the
+field. Loading a recipe loads no model and starts nothing, so `selfplay validate` is instant.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; `problems` holds one line per problem, each naming the field."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    path: str = Field(
+        ...,
+        description="A Hugging Face model directory, or `builtin:tiny` for the tiny random "
+        "character-level Llama built from a config (tests, recipes/tiny.yaml).",
+    )
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="Dtype of the rollout engine's weights.")
+
+
+class DataConfig(Section):
+    prompts: str = Field(..., description="Prompt file (.jsonl, .json, .parquet) or a directory "
+                         "written by `datasets.Dataset.save_to_disk`. Relative paths are "
+                         "resolved against the recipe file's directory.")
+    prompt_field: str = Field("prompt", description="Column holding the prompt text.")
+    prompts_per_iteration: int = Field(64, gt=0, description="Prompts sampled per iteration.")
+    chat_template: bool = Field(True, description="Apply the tokenizer's chat template when it "
+                                "has one.")
+    shuffle: bool = Field(True, description="Shuffle prompts (seeded by loop.seed) every epoch.")
+
+
+class RolloutConfig(Section):
+    engine: Literal["vllm", "hf"] = Field("vllm", description="vllm (default) or hf "
+                                          "(transformers `generate`, a fallback for tests).")
+    n: int = Field(4, ge=2, description="Completions sampled per prompt.")
+    max_new_tokens: int = Field(128, gt=0, description="Length cap of a completion.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_model_len: int = Field(1024, gt=0, description="Prompt + completion token limit of the "
+                               "engine; longer prompts are an error.")
+    kv_cache_gb: float = Field(1.0, gt=0, description="vLLM CPU KV-cache size in GiB.")
+
+
+class RewardConfig(Section):
+    name: str = Field(..., description="A built-in rewarder's short name or "
+                      "`package.module:ClassName` of your own.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments.")
+
+
+class PairsConfig(Section):
+    strategy: Literal["best_worst"] = Field("best_worst", description="How completions become "
+                                            "a pair: the highest vs the lowest reward.")
+    min_reward_gap: float = Field(0.0, ge=0, description="Prompts whose best and worst reward "
+                                  "differ by this or less are dropped (ties always are).")
+
+
+class LossConfig(Section):
+    name: Literal["repo", "simpo", "dpo", "ipo", "repo++"] = Field("repo", description="Loss.")
+    beta: Optional[float] = Field(None, gt=0, description="Temperature for the logistic losses; "
+                                  "null uses the loss's default. RePO has none.")
+
+
+class GammaConfig(Section):
+    controller: Literal["fixed", "schedule"] = Field("fixed", description="How γ is set each "
+                                                     "iteration.")
+    value: float = Field(0.5, ge=0, description="γ of the fixed controller.")
+    start: float = Field(1.0, ge=0, description="schedule: γ at the first iteration.")
+    end: float = Field(0.2, ge=0, description="schedule: γ at the last iteration.")
+    shape: Literal["linear", "cosine"] = Field("linear", description="schedule: curve shape.")
+
+
+class TrainConfig(Section):
+    lr: float = Field(1.0e-6, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    micro_batch_size: int = Field(4, gt=0, description="Pairs per forward/backward pass.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    epochs_per_iteration: int = Field(1, gt=0, description="Passes over each iteration's pairs.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage.")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="Training precision.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the run's optimizer "
+                                "steps spent warming up linearly.")
+    lr_schedule: Literal["constant", "cosine", "linear"] = Field("cosine", description="Decay "
+                                                                 "after warm-up.")
+    logit_chunk_tokens: int = Field(1024, gt=0, description="Tokens per chunk when computing "
+                                    "completion log-probs (bounds the vocabulary-sized memory).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward.")
+
+
+class LoopConfig(Section):
+    iterations: int = Field(10, gt=0, description="Iterations to run (raise it on --resume to "
+                            "extend a finished run).")
+    checkpoint_every: int = Field(1, gt=0, description="Checkpoint every k iterations (and at "
+                                  "the last).")
+    keep_checkpoints: int = Field(2, gt=0, description="Newest checkpoints kept on disk.")
+    seed: int = Field(0, ge=0, description="Seed of data order, sampling and training.")
+
+
+class DistributedConfig(Section):
+    backend: Literal["local"] = Field("local", description="local: one process, the rollout "
+                                      "engine beside the trainer.")
+
+
+class LoggingConfig(Section):
+    save_rollouts: bool = Field(True, description="Write rollouts/iter-NNNN.jsonl.")
+    progress: bool = Field(True, description="Progress bars on generation and training.")
+
+
+class Recipe(Section):
+    model: ModelConfig
+    data: DataConfig
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    reward: RewardConfig
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    gamma: GammaConfig = Field(default_factory=GammaConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    loop: LoopConfig = Field(default_factory=LoopConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> "Recipe":
+        if self.loss.name == "dpo":
+            raise ValueError("loss.name: dpo needs a frozen reference model, which the online "
+                             "loop does not keep yet; use repo, simpo, ipo or repo++")
+        return self
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+# Fields that may change when a run is resumed; anything else would make the resumed run a
+# different experiment than its checkpoints.
+RESUMABLE_CHANGES = ("loop.iterations", "loop.keep_checkpoints", "loop.checkpoint_every",
+                     "logging.")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise RecipeError([f"override {text!r}: expected KEY=VALUE, e.g. train.lr=1e-5"])
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise RecipeError([f"override {text!r}: bad key {key!r}"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise RecipeError([f"override {text!r}: {part} is not a section"])
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def _format_errors(error: ValidationError) -> list[str]:
+    problems = []
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "recipe"
+        message = item["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+            if ":" in message.split(" ")[0]:  # the validator already named the field
+                problems.append(message)
+                continue
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{field}: unknown key")
+        elif item["type"] == "missing":
+            problems.append(f"{field}: required, missing")
+        else:
+            problems.append(f"{field}: {message[0].lower() + message[1:]}, got {item['input']!r}")
+    return problems
+
+
+def from_dict(raw: Any, base_dir: Path | None = None) -> Recipe:
+    if not isinstance(raw, dict):
+        raise RecipeError([f"recipe: expected a mapping of sections, got {type(raw).__name__}"])
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as error:
+        raise RecipeError(_format_errors(error)) from None
+    if base_dir is not None:
+        recipe.data.prompts = _resolve(recipe.data.prompts, base_dir)
+        if not recipe.model.path.startswith("builtin:"):
+            recipe.model.path = _resolve(recipe.model.path, base_dir)
+    return recipe
+
+
+def _resolve(path: str, base_dir: Path) -> str:
+    """Relative paths are tried against the recipe's directory, then the working directory."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute():
+        return str(candidate)
+    beside_recipe = base_dir / candidate
+    if beside_recipe.exists() or not candidate.exists():
+        return str(beside_recipe.resolve())
+    return str(candidate.resolve())
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Reads, overrides and validates a recipe file; raises RecipeError with one line per problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError([f"recipe file not found: {path}"])
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise RecipeError([f"recipe {path} is not valid YAML{where}"]) from None
+    raw = apply_overrides(raw if raw is not None else {}, overrides or [])
+    return from_dict(raw, base_dir=path.resolve().parent)
+
+
+def save(recipe: Recipe, path: Path) -> None:
+    path.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+
+
+def diff(old: Recipe, new: Recipe) -> list[str]:
+    """Dotted names of the fields whose values differ."""
+    def flatten(tree: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tree.items():
+            if isinstance(value, dict) and key != "kwargs":
+                out.update(flatten(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+    a, b = flatten(old.to_dict()), flatten(new.to_dict())
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def field_help() -> list[tuple[str, str, Any]]:
+    """(dotted name, description, default) for every field: the recipe reference."""
+    rows = []
+    for section_name, section_field in Recipe.model_fields.items():
+        section_type = section_field.annotation
+        for name, field in section_type.model_fields.items():
+            default = None if field.is_required() else field.get_default(call_default_factory=True)
+            rows.append((f"{section_name}.{name}", field.description or "", default))
+    return rows

@@ -1,0 +1,81 @@
+"""vLLM rollout engine, in-process. The only module that imports vLLM.
+
+On CPU the engine lives in the trainer's process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) and takes
+new weights through `collective_rpc("reload_weights")`, the same call a multi-process engine
+serves, so the interface carries over to engines in other processes.
+"""
+from __future__ import annotations
+
+import os
+import random
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from selfplay.pairs import Completion
+from selfplay.rollout.base import Rollout, RolloutEngine, SamplingConfig
+
+
+def _cpu_environment(kv_cache_gb: float) -> None:
+    cores = os.cpu_count() or 1
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gb))))
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cores - 1}")
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
+class VLLMEngine(RolloutEngine):
+    def __init__(self, model_dir: str, *, dtype: str, seed: int, max_model_len: int,
+                 kv_cache_gb: float = 1.0):
+        _cpu_environment(kv_cache_gb)
+        from vllm import LLM
+
+        # Starting the engine re-seeds the global RNGs and disables torch.set_num_threads for
+        # the whole process; the trainer shares this process, so both are put back.
+        saved_rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
+        self.llm = LLM(model=model_dir, dtype=dtype, seed=seed, max_model_len=max_model_len,
+                       enforce_eager=True, distributed_executor_backend="uni",
+                       enable_prefix_caching=False)
+        torch.set_num_threads = set_num_threads
+        torch.set_num_threads(threads)
+        random.setstate(saved_rng[0])
+        np.random.set_state(saved_rng[1])
+        torch.set_rng_state(saved_rng[2])
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = max_model_len
+
+    def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int) -> list[Rollout]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(n=sampling.n, max_tokens=sampling.max_new_tokens,
+                                temperature=sampling.temperature, top_p=sampling.top_p)
+        # Per-request seeds crash vLLM on CPU; requests without one draw from torch's global
+        # generator, so seeding it here makes a call a function of (weights, prompts, seed).
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [Rollout(prompt_ids=list(out.prompt_token_ids),
+                        completions=[Completion(c.text, list(c.token_ids)) for c in out.outputs])
+                for out in outputs]
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self.llm.collective_rpc("reload_weights",
+                                kwargs={"weights_iterator": iter(list(named_tensors))})
+        self.llm.reset_prefix_cache()
+
+    def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+        out = self.llm.generate([TokensPrompt(prompt_token_ids=prompt_ids + completion_ids)],
+                                params, use_tqdm=False)[0]
+        scored = out.prompt_logprobs[len(prompt_ids):]
+        return [entry[token].logprob for entry, token in zip(scored, completion_ids)]
+
+    def close(self) -> None:
+        del self.llm

@@ -1,0 +1,259 @@
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from selfplay import losses
+from selfplay.losses import available_losses, get_loss, needs_beta, needs_reference, register_loss
+
+ALL_LOSSES = ["dpo", "ipo", "repo", "repo++", "simpo"]
+
+
+def logps(*values, grad=False):
+    return torch.tensor(values, dtype=torch.float64, requires_grad=grad)
+
+
+def two_pairs(grad=False):
+    # Margins M = chosen − rejected = [0.3, 0.9].
+    return logps(-1.0, -0.5, grad=grad), logps(-1.3, -1.4, grad=grad)
+
+
+def call(name, chosen, rejected, **kwargs):
+    """Call a loss, supplying reference log-probs (equal to the policy's) when it needs them."""
+    if needs_reference(name) and "ref_chosen_logps" not in kwargs:
+        kwargs.update(ref_chosen_logps=chosen.detach(), ref_rejected_logps=rejected.detach())
+    return get_loss(name)(chosen, rejected, **kwargs)
+
+
+# ---- hand-computed values ----
+
+def test_repo_value():
+    # M = [0.3, 0.9], γ = 0.5: ReLU(0.2) = 0.2 and ReLU(−0.4) = 0, mean (0.2 + 0) / 2 = 0.1.
+    out = get_loss("repo")(*two_pairs(), gamma=0.5)
+    assert out.loss.item() == pytest.approx(0.1)
+    assert out.margins.tolist() == pytest.approx([0.3, 0.9])
+    assert out.active.tolist() == [True, False]
+
+
+def test_simpo_value():
+    # β = 2, γ = 0.5: β(M − γ) = [−0.4, 0.8].
+    # −log σ(−0.4) = log(1 + e^0.4) = log(2.4918247) = 0.9130153
+    # −log σ(0.8)  = log(1 + e^−0.8) = log(1.4493290) = 0.3711007
+    # mean = 0.6420580
+    out = get_loss("simpo")(*two_pairs(), gamma=0.5, beta=2.0)
+    assert out.loss.item() == pytest.approx(0.6420580, abs=1e-6)
+    assert out.active.tolist() == [True, False]
+
+
+def test_repo_plus_plus_value():
+    # Same terms as SimPO, but the pair with M = 0.9 ≥ γ is filtered: (0.9130153 + 0) / 2.
+    out = get_loss("repo++")(*two_pairs(), gamma=0.5, beta=2.0)
+    assert out.loss.item() == pytest.approx(0.4565077, abs=1e-6)
+    assert out.active.tolist() == [True, False]
+
+
+def dpo_inputs():
+    # h = (c − ref_c) − (r − ref_r):
+    # pair 1: (−10 + 10.5) − (−11 + 10.5) = 0.5 + 0.5 = 1.0;  pair 2: 0 − 0 = 0.
+    return dict(
+        chosen_logps=logps(-10.0, -12.0),
+        rejected_logps=logps(-11.0, -12.0),
+        ref_chosen_logps=logps(-10.5, -12.0),
+        ref_rejected_logps=logps(-10.5, -12.0),
+    )
+
+
+def test_dpo_value_and_default_beta():
+    # β = 0.1 (the default): −log σ(0.1) = log(1 + e^−0.1) = log(1.9048374) = 0.6443967,
+    # −log σ(0) = log 2 = 0.6931472; mean = 0.6687720. γ plays no part.
+    inputs = dpo_inputs()
+    chosen, rejected = inputs.pop("chosen_logps"), inputs.pop("rejected_logps")
+    out = get_loss("dpo")(chosen, rejected, gamma=0.5, **inputs)
+    assert out.loss.item() == pytest.approx(0.6687720, abs=1e-6)
+    assert out.margins.tolist() == pytest.approx([1.0, 0.0])
+    assert out.active.tolist() == [True, True]
+    explicit = get_loss("dpo")(chosen, rejected, gamma=123.0, beta=0.1, **inputs)
+    assert explicit.loss.item() == out.loss.item()
+
+
+def test_ipo_value_with_reference():
+    # h = [1.0, 0.0], β = 0.1: 1/(2β) = 5; (1 − 5)² = 16, (0 − 5)² = 25; mean 20.5.
+    inputs = dpo_inputs()
+    chosen, rejected = inputs.pop("chosen_logps"), inputs.pop("rejected_logps")
+    out = get_loss("ipo")(chosen, rejected, gamma=0.5, beta=0.1, **inputs)
+    assert out.loss.item() == pytest.approx(20.5)
+    assert out.active.tolist() == [True, True]
+
+
+def test_ipo_value_reference_free():
+    # M = [−1 + 2, −3 + 1] = [1, −2], β = 0.25: 1/(2β) = 2; (1 − 2)² = 1, (−2 − 2)² = 16; mean 8.5.
+    out = get_loss("ipo")(logps(-1.0, -3.0), logps(-2.0, -1.0), gamma=0.5, beta=0.25)
+    assert out.loss.item() == pytest.approx(8.5)
+    assert out.margins.tolist() == pytest.approx([1.0, -2.0])
+
+
+@pytest.mark.parametrize("name,beta", [("simpo", 2.0), ("repo++", 2.0), ("dpo", 0.1), ("ipo", 0.1)])
+def test_default_beta_comes_from_registry(name, beta):
+    assert get_loss(name).default_beta == beta
+    chosen, rejected = two_pairs()
+    default = call(name, chosen, rejected, gamma=0.5)
+    explicit = call(name, chosen, rejected, gamma=0.5, beta=beta)
+    assert default.loss.item() == explicit.loss.item()
+
+
+# ---- gradients ----
+
+def test_repo_gradient_is_zero_for_filtered_pairs():
+    # d/dc ReLU(γ − (c − r)) / n = −1/n when M < γ, 0 when M ≥ γ; the rejected side gets +1/n.
+    chosen, rejected = two_pairs(grad=True)
+    get_loss("repo")(chosen, rejected, gamma=0.5).loss.backward()
+    assert chosen.grad.tolist() == [-0.5, 0.0]
+    assert rejected.grad.tolist() == [0.5, 0.0]
+
+
+def test_repo_plus_plus_gradient_is_zero_for_filtered_pairs():
+    chosen, rejected = two_pairs(grad=True)
+    get_loss("repo++")(chosen, rejected, gamma=0.5, beta=2.0).loss.backward()
+    # Active pair: d/dc −log σ(β(M − γ)) / n = −β σ(−β(M − γ)) / n = −2 σ(0.4) / 2 = −0.5986877.
+    assert chosen.grad[0].item() == pytest.approx(-0.5986877, abs=1e-6)
+    assert rejected.grad[0].item() == pytest.approx(0.5986877, abs=1e-6)
+    assert chosen.grad[1].item() == 0.0
+    assert rejected.grad[1].item() == 0.0
+
+
+@pytest.mark.parametrize("name", ALL_LOSSES)
+def test_gradients_reach_both_sides(name):
+    chosen, rejected = logps(-2.0, -1.0, grad=True), logps(-1.0, -1.5, grad=True)  # M = [−1, 0.5]
+    call(name, chosen, rejected, gamma=1.0).loss.backward()
+    assert chosen.grad is not None and chosen.grad.abs().sum() > 0
+    assert rejected.grad is not None and rejected.grad.abs().sum() > 0
+
+
+# ---- RePO is SimPO's β → ∞ limit: SimPO/β → ReLU(γ − M) ----
+
+def test_simpo_over_beta_converges_to_repo():
+    gamma = 0.5
+    chosen, rejected = logps(-1.0, -0.5, -1.2, -0.85), logps(-1.3, -1.4, -1.0, -1.4)
+    # M = [0.3, 0.9, −0.2, 0.55]; ReLU(γ − M) = [0.2, 0, 0.7, 0], mean 0.225.
+    repo = get_loss("repo")(chosen, rejected, gamma=gamma).loss.item()
+    assert repo == pytest.approx(0.225)
+    errors = []
+    for beta in [1.0, 10.0, 100.0, 1000.0]:
+        simpo = get_loss("simpo")(chosen, rejected, gamma=gamma, beta=beta).loss.item()
+        errors.append(abs(simpo / beta - repo))
+    assert errors == sorted(errors, reverse=True) and len(set(errors)) == len(errors)
+    # Per pair the gap is softplus(−β|γ − M|)/β ≤ log(2)/β.
+    assert errors[-1] < 1e-3
+
+
+def test_simpo_over_beta_gradient_converges_to_repo():
+    gamma = 0.5
+    n = 4
+    # M = [0.3, 0.9, −0.2, 0.55]: active, filtered, active, filtered.
+    repo_chosen = [-1 / n, 0.0, -1 / n, 0.0]
+    gaps = []
+    for beta in [1.0, 10.0, 100.0, 1000.0]:
+        chosen = logps(-1.0, -0.5, -1.2, -0.85, grad=True)
+        rejected = logps(-1.3, -1.4, -1.0, -1.4, grad=True)
+        out = get_loss("simpo")(chosen, rejected, gamma=gamma, beta=beta)
+        (out.loss / beta).backward()
+        # The rejected side is the mirror image: +1/n for active pairs, 0 for filtered ones.
+        assert rejected.grad.tolist() == pytest.approx([-g for g in chosen.grad.tolist()])
+        gaps.append(max(abs(g - r) for g, r in zip(chosen.grad.tolist(), repo_chosen)))
+    assert gaps == sorted(gaps, reverse=True)
+    assert gaps[-1] < 1e-6
+    assert chosen.grad.tolist() == pytest.approx(repo_chosen, abs=1e-6)
+
+
+# ---- output shape and detachment ----
+
+@pytest.mark.parametrize("name", ALL_LOSSES)
+def test_output_shapes_and_detachment(name):
+    chosen, rejected = logps(-1.0, -0.5, -2.0, grad=True), logps(-1.3, -1.4, -1.0, grad=True)
+    out = call(name, chosen, rejected, gamma=0.5)
+    assert out.loss.shape == () and out.loss.requires_grad
+    assert out.margins.shape == (3,) and not out.margins.requires_grad
+    assert out.active.shape == (3,) and out.active.dtype == torch.bool
+    assert not out.active.requires_grad
+    assert math.isfinite(out.loss.item())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        out.loss = torch.tensor(0.0)
+
+
+def test_simpo_stable_for_large_beta_times_margin():
+    out = get_loss("simpo")(logps(-100.0, 0.0), logps(0.0, -100.0), gamma=0.5, beta=1000.0)
+    # −log σ(−100500) ≈ 100500 (log(sigmoid) would give inf); −log σ(99500) ≈ 0.
+    assert out.loss.item() == pytest.approx(100500 / 2)
+
+
+# ---- registry and input errors ----
+
+def test_available_losses_and_flags():
+    assert available_losses() == ALL_LOSSES
+    assert [n for n in ALL_LOSSES if needs_reference(n)] == ["dpo"]
+    assert [n for n in ALL_LOSSES if needs_beta(n)] == ["dpo", "ipo", "repo++", "simpo"]
+
+
+def test_unknown_loss_names_the_choices():
+    expected = r"unknown loss 'rep0'; choose from: dpo, ipo, repo, repo\+\+, simpo"
+    with pytest.raises(ValueError, match=expected):
+        get_loss("rep0")
+
+
+def test_register_refuses_duplicate_name(monkeypatch):
+    monkeypatch.setattr(losses, "_LOSSES", dict(losses._LOSSES))
+    with pytest.raises(ValueError, match="'repo' is already registered"):
+        register_loss("repo")(lambda *args, **kwargs: None)
+
+
+def test_registered_loss_is_found(monkeypatch):
+    monkeypatch.setattr(losses, "_LOSSES", dict(losses._LOSSES))
+
+    @register_loss("hinge", default_beta=1.0)
+    def hinge(chosen, rejected, *, gamma, beta, reference):
+        margins = chosen - rejected
+        loss = torch.relu(gamma - beta * margins).mean()
+        return losses.LossOutput(loss, margins.detach(), (margins < gamma).detach())
+
+    assert "hinge" in available_losses() and needs_beta("hinge")
+    # M = [0.3, 0.9], β = 1, γ = 0.5: (0.2 + 0) / 2 = 0.1.
+    assert get_loss("hinge")(*two_pairs(), gamma=0.5).loss.item() == pytest.approx(0.1)
+
+
+def test_dpo_needs_reference():
+    with pytest.raises(ValueError, match="'dpo' needs ref_chosen_logps and ref_rejected_logps"):
+        get_loss("dpo")(*two_pairs(), gamma=0.5)
+    chosen, rejected = two_pairs()
+    with pytest.raises(ValueError, match="pass both"):
+        get_loss("dpo")(chosen, rejected, gamma=0.5, ref_chosen_logps=chosen)
+
+
+def test_reference_free_losses_refuse_reference():
+    chosen, rejected = two_pairs()
+    with pytest.raises(ValueError, match="'repo' is reference-free"):
+        get_loss("repo")(
+            chosen, rejected, gamma=0.5, ref_chosen_logps=chosen, ref_rejected_logps=rejected
+        )
+
+
+def test_repo_refuses_beta():
+    with pytest.raises(ValueError, match="'repo' takes no beta"):
+        get_loss("repo")(*two_pairs(), gamma=0.5, beta=2.0)
+
+
+def test_non_positive_beta_is_an_error():
+    with pytest.raises(ValueError, match="beta must be > 0, got 0.0"):
+        get_loss("simpo")(*two_pairs(), gamma=0.5, beta=0.0)
+
+
+@pytest.mark.parametrize("name", ALL_LOSSES)
+def test_empty_batch_is_an_error(name):
+    empty = logps()
+    with pytest.raises(ValueError, match="empty batch"):
+        call(name, empty, empty, gamma=0.5)
+
+
+def test_mismatched_shapes_are_an_error():
+    with pytest.raises(ValueError, match=r"same shape, got \(2,\) and \(3,\)"):
+        get_loss("repo")(logps(1.0, 2.0), logps(1.0, 2.0, 3.0), gamma=0.5)
