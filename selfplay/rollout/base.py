@@ -26,7 +26,8 @@ class RolloutEngine(ABC):
     """Engines never see the trainer: the loop hands them weights as (name, tensor) pairs."""
 
     @abstractmethod
-    def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int) -> list[Rollout]:
+    def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int,
+                 progress: bool = False) -> list[Rollout]:
         """Samples `sampling.n` completions per prompt; the same seed and weights give the same
         completions. A completion's token ids end with EOS when the model stopped by itself."""
 

@@ -24,7 +24,7 @@ def _cpu_environment(kv_cache_gb: float) -> None:
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cores - 1}")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
 
 class VLLMEngine(RolloutEngine):
@@ -48,7 +48,8 @@ class VLLMEngine(RolloutEngine):
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len
 
-    def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int) -> list[Rollout]:
+    def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int,
+                 progress: bool = False) -> list[Rollout]:
         from vllm import SamplingParams
 
         params = SamplingParams(n=sampling.n, max_tokens=sampling.max_new_tokens,
@@ -57,7 +58,7 @@ class VLLMEngine(RolloutEngine):
         # generator, so seeding it here makes a call a function of (weights, prompts, seed).
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+            outputs = self.llm.generate(prompts, params, use_tqdm=progress)
         return [Rollout(prompt_ids=list(out.prompt_token_ids),
                         completions=[Completion(c.text, list(c.token_ids)) for c in out.outputs])
                 for out in outputs]

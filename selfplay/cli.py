@@ -1,0 +1,153 @@
+"""`selfplay` command line: parses, calls the library, prints. No logic of its own."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+EPILOG = """\b
+Examples:
+  selfplay validate recipes/tiny.yaml
+  selfplay run recipes/tiny.yaml --output-dir runs/tiny
+  selfplay run recipes/tiny.yaml --output-dir runs/tiny --resume loop.iterations=20
+  selfplay status runs/tiny
+"""
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _load_recipe(path: str, overrides: tuple[str, ...]):
+    from selfplay.recipe import RecipeError, load
+
+    try:
+        return load(path, list(overrides))
+    except RecipeError as error:
+        for problem in error.problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(2)
+
+
+def _quiet_runtime() -> None:
+    """Environment for a CPU run; set before torch or vLLM are imported."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR",
+                          str(Path.home() / ".cache" / "selfplay" / "torch_extensions"))
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="selfplay")
+def main() -> None:
+    """Online self-play preference alignment with RePO.
+
+    Each iteration samples completions with vLLM, scores them with a rewarder, pairs the best
+    against the worst, updates the policy with the RePO loss under DeepSpeed, pushes the new
+    weights into the rollout engine in memory and writes a checkpoint.
+    """
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--output-dir", "-o", type=click.Path(file_okay=False),
+              help="Run directory (default: runs/<recipe name>).")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --output-dir from its newest complete checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Delete an existing run in --output-dir first.")
+@click.option("--no-progress", is_flag=True, help="No progress bars (summary lines only).")
+def run(recipe, overrides, output_dir, resume, overwrite, no_progress):
+    """Run the self-play loop described by RECIPE.
+
+    OVERRIDES are KEY=VALUE pairs applied on top of the recipe, e.g. train.lr=1e-5 loop.iterations=4.
+    """
+    if resume and overwrite:
+        _fail("--resume and --overwrite exclude each other", 2)
+    loaded = _load_recipe(recipe, overrides)
+    run_dir = Path(output_dir or Path("runs") / Path(recipe).stem)
+    _quiet_runtime()
+    from selfplay.errors import user_errors
+    from selfplay.loop import run as run_loop
+
+    with user_errors() as failed:
+        run_loop(loaded, run_dir, resume=resume, overwrite=overwrite,
+                 progress=not no_progress, echo=click.echo)
+    if failed:
+        _fail(f"{failed[0]}\n(the run directory {run_dir} is intact; fix the problem and re-run "
+              f"with --resume)" if (run_dir / "recipe.yaml").exists() else failed[0])
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+def validate(recipe, overrides):
+    """Check RECIPE (with OVERRIDES) without loading a model; exit 2 naming each bad field."""
+    from selfplay.recipe import save
+
+    loaded = _load_recipe(recipe, overrides)
+    problems = []
+    if not Path(loaded.data.prompts).exists():
+        problems.append(f"data.prompts: file not found: {loaded.data.prompts}")
+    if not loaded.model.path.startswith("builtin:") and not (
+            Path(loaded.model.path) / "config.json").exists():
+        problems.append(f"model.path: no Hugging Face model directory at {loaded.model.path}")
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    if problems:
+        sys.exit(2)
+    click.echo(f"{recipe}: ok")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the last metrics record as JSON.")
+def status(run_dir, as_json):
+    """Where a run stands: iterations done, newest checkpoint, last metrics."""
+    from selfplay import checkpoint
+    from selfplay.metrics import MetricsLog
+
+    run_path = Path(run_dir)
+    if not (run_path / "recipe.yaml").exists():
+        _fail(f"{run_dir} holds no run (no recipe.yaml)")
+    records = MetricsLog(run_path / "metrics.jsonl").read()
+    latest = checkpoint.latest(run_path / "checkpoints")
+    if as_json:
+        click.echo(json.dumps(records[-1] if records else {}))
+        return
+    from selfplay.recipe import load
+    planned = load(run_path / "recipe.yaml").loop.iterations
+    click.echo(f"run:         {run_path}")
+    click.echo(f"iterations:  {len(records)}/{planned} logged")
+    click.echo(f"checkpoint:  {latest.name if latest else 'none'}")
+    click.echo(f"final model: {'yes' if (run_path / 'final').exists() else 'not yet'}")
+    if records:
+        last = records[-1]
+        click.echo(f"last:        reward {last['reward_mean']:.3f}, γ {last['gamma']:.3f}, "
+                   f"pairs {last['n_pairs']}/{last['n_prompts']}")
+
+
+@main.command()
+def rewarders():
+    """List the built-in rewarders."""
+    from rewarders.base import BUILTINS
+
+    for name, target in sorted(BUILTINS.items()):
+        module_name, class_name = target.split(":")
+        import importlib
+        cls = getattr(importlib.import_module(module_name), class_name)
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        click.echo(f"{name:12s} {summary}")
+
+
+if __name__ == "__main__":
+    main()
