@@ -1,0 +1,76 @@
+import pytest
+
+from selfplay import recipe as recipe_mod
+from selfplay.recipe import RecipeError, apply_overrides, load
+
+from conftest import REPO, TINY_RECIPE
+
+
+def test_tiny_recipe_loads_and_resolves_paths_beside_the_recipe():
+    recipe = load(TINY_RECIPE)
+    assert recipe.data.prompts == str(REPO / "recipes" / "data" / "letters-train.jsonl")
+    assert recipe.loss.name == "repo" and recipe.rollout.engine == "vllm"
+
+
+def test_overrides_are_typed_by_yaml():
+    recipe = load(TINY_RECIPE, ["train.lr=1e-5", "loop.iterations=3", "data.shuffle=false"])
+    assert recipe.train.lr == 1e-5 and recipe.loop.iterations == 3
+    assert recipe.data.shuffle is False
+
+
+def problems_of(tmp_path, text, overrides=()):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError) as error:
+        load(path, list(overrides))
+    return error.value.problems
+
+
+MINIMAL = "model: {path: builtin:tiny}\ndata: {prompts: p.jsonl}\nreward: {name: letters}\n"
+
+
+def test_unknown_key_names_the_field(tmp_path):
+    assert problems_of(tmp_path, MINIMAL + "train: {lrr: 1}\n") == ["train.lrr: unknown key"]
+
+
+def test_out_of_range_value_names_field_and_value(tmp_path):
+    [problem] = problems_of(tmp_path, MINIMAL, ["train.lr=-1"])
+    assert problem.startswith("train.lr: ") and "greater than 0" in problem and "-1" in problem
+
+
+def test_wrong_type_and_missing_section_each_get_a_line(tmp_path):
+    problems = problems_of(tmp_path, "model: {path: x}\ndata: {prompts: p}\n",
+                           ["rollout.n=many"])
+    assert any(p.startswith("rollout.n: ") for p in problems)
+    assert "reward: required, missing" in problems
+
+
+def test_bad_choice_lists_problem(tmp_path):
+    [problem] = problems_of(tmp_path, MINIMAL, ["loss.name=ppo"])
+    assert problem.startswith("loss.name: ") and "repo" in problem
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load(tmp_path / "nope.yaml")
+    assert problems_of(tmp_path, "model: [unclosed\n")[0].startswith("recipe ")
+
+
+def test_override_syntax_errors():
+    with pytest.raises(RecipeError, match="expected KEY=VALUE"):
+        apply_overrides({}, ["train.lr"])
+
+
+def test_resolved_recipe_round_trips_and_diff_names_fields(tmp_path):
+    recipe = load(TINY_RECIPE)
+    recipe_mod.save(recipe, tmp_path / "saved.yaml")
+    again = load(tmp_path / "saved.yaml")
+    assert recipe_mod.diff(recipe, again) == []
+    changed = load(tmp_path / "saved.yaml", ["loop.iterations=99", "train.lr=0.5"])
+    assert recipe_mod.diff(recipe, changed) == ["loop.iterations", "train.lr"]
+
+
+def test_every_field_has_help_text():
+    rows = recipe_mod.field_help()
+    assert len(rows) > 30
+    assert all(description for _, description, _ in rows), [n for n, d, _ in rows if not d]

@@ -1,0 +1,49 @@
+import math
+
+import pytest
+
+from rewarders.base import RewardError, load_rewarder, score_checked
+from rewarders.letters import LettersRewarder
+
+
+def test_letters_scores_share_of_allowed_characters():
+    rewarder = LettersRewarder()
+    scores = rewarder.score(["p"] * 4, ["abab", "a z", "", "xyz"], [{"letters": "ab"}] * 4)
+    assert scores == [1.0, 0.5, 0.0, 0.0]
+
+
+def test_load_by_short_name_and_dotted_path():
+    assert isinstance(load_rewarder("letters"), LettersRewarder)
+    assert isinstance(load_rewarder("rewarders.letters:LettersRewarder", {"field": "x"}),
+                      LettersRewarder)
+
+
+def test_unknown_and_unimportable_names_are_clear():
+    with pytest.raises(RewardError, match="unknown rewarder 'nope'; built-ins: letters"):
+        load_rewarder("nope")
+    with pytest.raises(RewardError, match="cannot import 'no_such_pkg.mod:Cls'"):
+        load_rewarder("no_such_pkg.mod:Cls")
+    with pytest.raises(RewardError, match="constructor failed"):
+        load_rewarder("letters", {"bogus": 1})
+
+
+class Returns:
+    def __init__(self, value):
+        self.value = value
+
+    def score(self, prompts, completions, metadata):
+        if isinstance(self.value, Exception):
+            raise self.value
+        return self.value
+
+
+@pytest.mark.parametrize("value, message", [
+    (ValueError("boom"), "rewarder 'mine' raised ValueError: boom"),
+    ([1.0], "rewarder 'mine' returned 1 scores for 2 completions"),
+    ([1.0, math.nan], "rewarder 'mine' returned nan for item 1"),
+    ([1.0, math.inf], "rewarder 'mine' returned inf for item 1"),
+    (["a", 1.0], "non-numeric"),
+])
+def test_bad_rewarder_output_names_rewarder_and_item(value, message):
+    with pytest.raises(RewardError, match=message.replace("(", r"\(")):
+        score_checked(Returns(value), "mine", ["p", "q"], ["x", "y"], [{}, {}])
