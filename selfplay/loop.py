@@ -174,9 +174,13 @@ class Loop:
                               recipe.data.prompt_field, self.tokenizer, recipe.data.chat_template)
 
         t0 = time.perf_counter()
-        rollouts = self.engine.generate([r.text for r in rows], self.sampling,
-                                        seed=_iteration_seed(recipe.loop.seed, iteration),
-                                        progress=self.progress)
+        try:
+            rollouts = self.engine.generate([r.text for r in rows], self.sampling,
+                                            seed=_iteration_seed(recipe.loop.seed, iteration),
+                                            progress=self.progress)
+        except ValueError as error:  # e.g. a prompt longer than the engine accepts
+            raise RunError(f"rollout: {str(error).splitlines()[0]} (see rollout.max_model_len)"
+                           ) from error
         time_generate = time.perf_counter() - t0
         gen_tokens = sum(len(c.token_ids) for r in rollouts for c in r.completions)
 
