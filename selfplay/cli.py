@@ -83,8 +83,10 @@ def run(recipe, overrides, output_dir, resume, overwrite, no_progress):
         run_loop(loaded, run_dir, resume=resume, overwrite=overwrite,
                  progress=not no_progress, echo=click.echo)
     if failed:
-        _fail(f"{failed[0]}\n(the run directory {run_dir} is intact; fix the problem and re-run "
-              f"with --resume)" if (run_dir / "recipe.yaml").exists() else failed[0])
+        resumable = (run_dir / "recipe.yaml").exists() and not failed[0].startswith(
+            ("output directory", "--resume"))
+        _fail(f"{failed[0]} [{run_dir} is intact: fix this, then run again with --resume]"
+              if resumable else failed[0])
 
 
 @main.command()

@@ -104,6 +104,9 @@ class Loop:
         from selfplay.train.trainer import Trainer
 
         self.recipe, self.run_dir, self.progress = recipe, run_dir, progress
+        if not progress:
+            import transformers
+            transformers.utils.logging.disable_progress_bar()
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
         model_dir = resolve_model(recipe, run_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)

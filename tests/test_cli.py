@@ -1,0 +1,173 @@
+"""The command line as a user meets it: bad input gets one line; runs learn, stop and resume."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, TINY_RECIPE, run_cli
+
+SHORT = ["loop.iterations=3", "data.prompts_per_iteration=16"]
+
+
+def error_lines(result):
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def assert_one_line_error(result, text, code=None):
+    assert result.returncode == (code if code is not None else result.returncode) != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert any(text in line for line in error_lines(result)), result.stderr[-3000:]
+
+
+def test_help_explains_commands():
+    result = run_cli("--help")
+    for command in ("run", "validate", "status", "rewarders"):
+        assert command in result.stdout
+    assert "--resume" in run_cli("run", "--help").stdout
+
+
+def test_validate_accepts_tiny_and_names_bad_fields(tmp_path):
+    assert run_cli("validate", TINY_RECIPE).returncode == 0
+    result = run_cli("validate", TINY_RECIPE, "train.lr=-1", "train.bogus=1")
+    assert result.returncode == 2
+    assert any(line.startswith("error: train.lr: ") for line in error_lines(result))
+    assert "error: train.bogus: unknown key" in error_lines(result)
+    assert_one_line_error(run_cli("validate", tmp_path / "missing.yaml"),
+                          "recipe file not found", 2)
+    (tmp_path / "bad.yaml").write_text("model: [\n")
+    assert_one_line_error(run_cli("validate", tmp_path / "bad.yaml"), "not valid YAML", 2)
+    assert_one_line_error(run_cli("validate", TINY_RECIPE, "data.prompts=/nope.jsonl"),
+                          "data.prompts: file not found", 2)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.path=/no/such/model"], "model.path: no Hugging Face model directory"),
+    (["data.prompts=/no/such.jsonl"], "data.prompts: file not found"),
+    (["data.prompt_field=question"], "data.prompt_field: column 'question' not in"),
+    (["reward.name=nope"], "unknown rewarder 'nope'"),
+])
+def test_run_bad_input_is_one_line(tmp_path, overrides, message):
+    result = run_cli("run", TINY_RECIPE, "-o", tmp_path / "run", "rollout.engine=hf", *overrides)
+    assert_one_line_error(result, message, 1)
+
+
+def test_existing_output_dir_is_never_overwritten_and_resume_needs_a_run(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "precious.txt").write_text("keep me")
+    assert_one_line_error(run_cli("run", TINY_RECIPE, "-o", run_dir), "already exists")
+    assert (run_dir / "precious.txt").read_text() == "keep me"
+    assert_one_line_error(run_cli("run", TINY_RECIPE, "-o", tmp_path / "empty", "--resume"),
+                          "holds no run")
+
+
+@pytest.mark.slow
+def test_tiny_recipe_learns_the_task(tmp_path):
+    """The whole loop with vLLM and DeepSpeed: the mean reward must clearly rise."""
+    run_dir = tmp_path / "run"
+    result = run_cli("run", TINY_RECIPE, "-o", run_dir, "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rewards = [r["reward_mean"] for r in records]
+    assert len(records) == 8
+    assert sum(rewards[-2:]) / 2 > 2 * sum(rewards[:2]) / 2, rewards
+    for key in ("gamma", "active_fraction", "active_fraction_end", "margin_p10", "margin_p50",
+                "margin_p90", "reward_std", "n_prompts", "n_pairs", "loss", "time_generate_s",
+                "time_reward_s", "time_train_s", "time_sync_s", "time_checkpoint_s",
+                "time_total_s", "gen_tokens_per_s", "train_tokens_per_s", "peak_rss_mb"):
+        assert records[-1][key] is not None, key
+    assert len(list((run_dir / "rollouts").glob("iter-*.jsonl"))) == 8
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("iter-*")) == [
+        "iter-0007", "iter-0008"]
+    assert "iter 8/8 | reward" in result.stdout
+    # final/ loads with transformers and with vLLM.
+    check = subprocess.run([sys.executable, "-c", (
+        "import sys; from transformers import AutoModelForCausalLM; "
+        "AutoModelForCausalLM.from_pretrained(sys.argv[1]); "
+        "from vllm import LLM, SamplingParams; "
+        "out = LLM(model=sys.argv[1], max_model_len=64, enforce_eager=True)"
+        ".generate(['echo a b c d:'], SamplingParams(max_tokens=4)); print('OK', len(out))"),
+        str(run_dir / "final")], capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+             "VLLM_CPU_KVCACHE_SPACE": "1"})
+    assert "OK 1" in check.stdout, check.stderr[-3000:]
+    status = run_cli("status", run_dir)
+    assert "8/8 logged" in status.stdout and "iter-0008" in status.stdout
+
+
+def final_weights(run_dir):
+    from safetensors.torch import load_file
+    return load_file(str(run_dir / "final" / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_kill_minus_9_then_resume_gives_bit_identical_weights(tmp_path):
+    overrides = ["loop.iterations=5", "data.prompts_per_iteration=16", "--no-progress"]
+    straight = tmp_path / "straight"
+    assert run_cli("run", TINY_RECIPE, "-o", straight, *overrides).returncode == 0
+
+    killed = tmp_path / "killed"
+    env = {**__import__("os").environ,
+           "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-m", "selfplay.cli", "run", TINY_RECIPE, "-o",
+                                killed, *overrides], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=env, cwd=REPO)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)  # land somewhere inside iteration 3
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "final").exists()
+
+    resumed = run_cli("run", TINY_RECIPE, "-o", killed, "--resume", *overrides)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout
+    a, b = final_weights(straight), final_weights(killed)
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    lines = [json.loads(l) for l in metrics.read_text().splitlines()]
+    assert [r["iteration"] for r in lines] == [1, 2, 3, 4, 5]
+
+    again = run_cli("run", TINY_RECIPE, "-o", killed, "--resume", *overrides)
+    assert again.returncode == 0 and "already complete" in again.stdout
+    extended = run_cli("run", TINY_RECIPE, "-o", killed, "--resume", *overrides[1:],
+                       "loop.iterations=6")
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert "iter 6/6" in extended.stdout and "iter 5/6" not in extended.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode, message", [
+    ("raise", "rewarder 'flaky_rewards:FlakyRewarder' raised ConnectionError"),
+    ("nan", "returned nan for item 0"),
+    ("count", "returned 127 scores for 128 completions"),
+])
+def test_failing_rewarder_stops_run_and_resume_retries_the_iteration(tmp_path, mode, message):
+    run_dir = tmp_path / "run"
+    overrides = ["rollout.engine=hf", "loop.iterations=3", "reward.name=flaky_rewards:FlakyRewarder",
+                 f"reward.kwargs={{counter_file: {tmp_path / 'calls'}, bad_call: 2, mode: {mode}}}"]
+    failed = run_cli("run", TINY_RECIPE, "-o", run_dir, "--no-progress", *overrides)
+    assert_one_line_error(failed, message, 1)
+    assert "iter 1/3" in failed.stdout and "iter 2/3" not in failed.stdout
+    if mode != "raise":
+        return
+    resumed = run_cli("run", TINY_RECIPE, "-o", run_dir, "--resume", "--no-progress", *overrides)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout and "iter 2/3" in resumed.stdout
+    assert (run_dir / "final" / "config.json").exists()
+
+
+def test_resume_refuses_a_changed_experiment(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "recipe.yaml").write_text(TINY_RECIPE.read_text().replace(
+        "data/letters", str(REPO / "recipes" / "data" / "letters")))
+    result = run_cli("run", TINY_RECIPE, "-o", run_dir, "--resume", "train.lr=0.5")
+    assert_one_line_error(result, "the recipe differs from the run's in train.lr")
