@@ -14,9 +14,12 @@ from __future__ import annotations
 import inspect
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
-__all__ = ["CONTROLLERS", "FixedGamma", "GammaController", "ScheduledGamma", "build_controller"]
+import numpy as np
+
+__all__ = ["CONTROLLERS", "AdaptiveGamma", "FixedGamma", "GammaController", "GammaPOMargins",
+           "ScheduledGamma", "build_controller"]
 
 
 class GammaController(ABC):
@@ -44,6 +47,13 @@ class GammaController(ABC):
     def describe(self) -> dict[str, Any]:
         """What the metrics log records about this controller each iteration."""
         return {"gamma": self.value}
+
+    def pair_gammas(self, margins: Sequence[float]) -> list[float] | float:
+        """γ for each pair of a micro-batch, given their current margins (detached).
+
+        Most controllers use one γ per iteration; per-pair controllers override this.
+        """
+        return self.value
 
     def _check_state(self, state: Mapping[str, Any]) -> None:
         # Loading another controller's state would silently restart or skew the γ trajectory.
@@ -147,9 +157,140 @@ class ScheduledGamma(GammaController):
         self._iteration = iteration
 
 
+class AdaptiveGamma(GammaController):
+    """Sets γ from the observed margins to hold the share of pairs still active at the end of each
+    update near a target that falls over the run (docs/adaptive-gamma.md).
+
+    After iteration t: if the end-of-update active fraction is more than ``band`` away from its
+    target, γ moves toward ``quantile(margins_end, target_{t+1}) + drift`` (the cutoff that
+    would have hit next iteration's target on the margins just seen, shifted by the trend of
+    fresh margins), by an exponential moving average with weight ``smoothing``, never below
+    the median fresh margin plus drift (so at least half of the new pairs get a gradient) and
+    within ``[gamma_min, gamma_max]``.
+    """
+
+    name = "adaptive"
+
+    def __init__(self, iterations: int, target_start: float = 0.6, target_end: float = 0.3,
+                 band: float = 0.05, smoothing: float = 0.7, initial: float = 0.5,
+                 gamma_min: float = 0.05, gamma_max: float = 2.0) -> None:
+        for label, value in (("target_start", target_start), ("target_end", target_end)):
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"{label} must be in (0, 1), got {value}")
+        if not 0.0 < smoothing <= 1.0:
+            raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
+        if not 0.0 <= gamma_min <= initial <= gamma_max:
+            raise ValueError("need 0 <= gamma_min <= initial <= gamma_max")
+        self.targets = ScheduledGamma(target_start, target_end, iterations, "linear")
+        self.band, self.smoothing = _finite("band", band), smoothing
+        self.gamma_min, self.gamma_max = gamma_min, gamma_max
+        self._gamma = _finite("initial", initial)
+        self._iteration = 1
+        self._last_proposal: float | None = None
+        self._last_median: float | None = None  # median fresh margin of the last iteration
+        self._drift = 0.0  # smoothed change of that median per iteration
+
+    @property
+    def value(self) -> float:
+        return self._gamma
+
+    @property
+    def target(self) -> float:
+        """Target share of pairs still active after the update of the iteration about to run."""
+        return self.targets.gamma_at(self._iteration)
+
+    def update(self, observation: Mapping[str, Any]) -> None:
+        finished = _finished_iteration(observation)
+        target_now = self.targets.gamma_at(finished)
+        self._iteration = finished + 1
+        margins_end = observation.get("margins_end") or []
+        margins_start = observation.get("margins") or []
+        active_end = observation.get("active_fraction_end")
+        self._last_proposal = None
+        if not margins_end or active_end is None:
+            return  # nothing was trained: nothing to learn from
+        median = float(np.median(margins_start)) if margins_start else None
+        if median is not None and self._last_median is not None:
+            # Fresh pairs arrive with margins that shift as the policy learns; the next batch is
+            # expected to sit where this one did plus that trend.
+            self._drift = ((1.0 - self.smoothing) * self._drift
+                           + self.smoothing * (median - self._last_median))
+        self._last_median = median if median is not None else self._last_median
+        if abs(active_end - target_now) <= self.band:
+            return  # in the band: γ stays, the noise is not chased
+        proposal = float(np.quantile(margins_end, self.target)) + self._drift
+        if median is not None:
+            proposal = max(proposal, median + self._drift)
+        self._last_proposal = proposal
+        moved = (1.0 - self.smoothing) * self._gamma + self.smoothing * proposal
+        self._gamma = min(self.gamma_max, max(self.gamma_min, moved))
+
+    def describe(self) -> dict[str, Any]:
+        return {"gamma": self.value, "gamma_target_active_end": self.target,
+                "gamma_proposal": self._last_proposal}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"controller": self.name, "gamma": self._gamma, "iteration": self._iteration,
+                "last_proposal": self._last_proposal, "last_median": self._last_median,
+                "drift": self._drift}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._check_state(state)
+        self._gamma = _finite("gamma", state["gamma"])
+        self._iteration = int(state["iteration"])
+        self._last_proposal = state.get("last_proposal")
+        self._last_median = state.get("last_median")
+        self._drift = float(state.get("drift", 0.0))
+
+
+class GammaPOMargins(GammaController):
+    """The γ-PO baseline (Sun et al., ACL 2025): a per-pair target margin from each batch.
+
+    γ_i = γ0·B·p_i, where p is a distribution over the B pairs of a micro-batch that minimises
+    mean(−log σ(β·M_i − β·γ_i)) + τ·KL(p ‖ uniform), found by 20 steps of exponentiated gradient
+    as in the authors' code: confident pairs (large margin) get larger targets, ambiguous ones
+    smaller, and the mean target stays γ0. Here M_i is the pair's length-normalised margin.
+    """
+
+    name = "gammapo"
+
+    def __init__(self, value: float = 0.5, tau: float = 10.0, beta: float = 10.0,
+                 steps: int = 20) -> None:
+        self.gamma0 = _finite("value", value)
+        self.tau, self.beta, self.steps = tau, beta, steps
+
+    @property
+    def value(self) -> float:
+        return self.gamma0
+
+    def pair_gammas(self, margins: Sequence[float]) -> list[float]:
+        gaps = self.beta * np.asarray(margins, dtype=np.float64)
+        size = len(gaps)
+        p = np.full(size, 1.0 / size)
+        rate = min(0.5 / self.tau, 1.0)
+        for _ in range(self.steps):
+            gammas = self.beta * self.gamma0 * size * p
+            grad = (self.tau * (1.0 + np.log(size * p + 1e-12))
+                    + self.beta * self.gamma0 / (1.0 + np.exp(gaps - gammas)))
+            p = p * np.exp(-rate * grad)
+            p /= p.sum()
+        return (self.gamma0 * size * p).tolist()
+
+    def update(self, observation: Mapping[str, Any]) -> None:
+        _finished_iteration(observation)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"controller": self.name}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._check_state(state)
+
+
 CONTROLLERS: dict[str, type[GammaController]] = {
     "fixed": FixedGamma,
     "schedule": ScheduledGamma,
+    "adaptive": AdaptiveGamma,
+    "gammapo": GammaPOMargins,
 }
 
 

@@ -20,9 +20,9 @@ import torch
 from rewarders.base import load_rewarder, score_checked
 from selfplay import checkpoint, recipe as recipe_mod
 from selfplay.control import GammaController, build_controller
-from selfplay.data import PromptStream, load_prompt_table, to_prompt_rows
+from selfplay.data import PromptStream, format_prompt, load_prompt_table, to_prompt_rows
 from selfplay.metrics import MetricsLog, peak_rss_mb, rss_mb
-from selfplay.pairs import best_worst_pairs
+from selfplay.pairs import Completion, Pair, PairStats, best_worst_pairs
 from selfplay.recipe import RESUMABLE_CHANGES, Recipe
 
 
@@ -39,15 +39,29 @@ class RunResult:
 
 
 def build_controller_from(recipe: Recipe) -> GammaController:
-    gamma = recipe.gamma
-    if gamma.controller == "fixed":
-        return build_controller("fixed", value=gamma.value)
-    return build_controller("schedule", start=gamma.start, end=gamma.end,
-                            iterations=recipe.loop.iterations, shape=gamma.shape)
+    gamma, iterations = recipe.gamma, recipe.loop.iterations
+    fields = {
+        "fixed": dict(value=gamma.value),
+        "schedule": dict(start=gamma.start, end=gamma.end, iterations=iterations,
+                         shape=gamma.shape),
+        "adaptive": dict(iterations=iterations, target_start=gamma.target_start,
+                         target_end=gamma.target_end, band=gamma.band, smoothing=gamma.smoothing,
+                         initial=gamma.initial, gamma_min=gamma.gamma_min,
+                         gamma_max=gamma.gamma_max),
+        "gammapo": dict(value=gamma.value, tau=gamma.tau, beta=gamma.gammapo_beta),
+    }[gamma.controller]
+    return build_controller(gamma.controller, **fields)
 
 
 def _quantile(values: list[float], q: float) -> float | None:
     return float(np.quantile(values, q)) if values else None
+
+
+def _share_below(margins: list[float], gammas: list[float]) -> float | None:
+    """Share of pairs whose margin is below their γ (the active fraction)."""
+    if not margins:
+        return None
+    return sum(m < g for m, g in zip(margins, gammas)) / len(margins)
 
 
 def _iteration_seed(seed: int, iteration: int) -> int:
@@ -113,15 +127,30 @@ class Loop:
         table = load_prompt_table(recipe.data.prompts, recipe.data.prompt_field)
         self.stream = PromptStream(table, recipe.data.prompt_field, seed=recipe.loop.seed,
                                    shuffle=recipe.data.shuffle)
-        self.rewarder = load_rewarder(recipe.reward.name, recipe.reward.kwargs)
+        table_fields = [recipe.data.chosen_field, recipe.data.rejected_field]
+        if recipe.mode == "offline":
+            missing = [f for f in table_fields if f not in table.column_names]
+            if missing:
+                raise RunError(f"data: offline mode needs column {missing[0]!r} in "
+                               f"{recipe.data.prompts} (columns: {', '.join(table.column_names)})")
+        self.rewarder = (load_rewarder(recipe.reward.name, recipe.reward.kwargs)
+                         if recipe.reward else None)
+        self.eval_rows = None
+        if recipe.eval.prompts:
+            eval_table = load_prompt_table(recipe.eval.prompts, recipe.data.prompt_field)
+            self.eval_rows = to_prompt_rows(list(eval_table), recipe.data.prompt_field,
+                                            self.tokenizer, recipe.data.chat_template)
         self.controller = build_controller_from(recipe)
         self.sampling = SamplingConfig(n=recipe.rollout.n,
                                        max_new_tokens=recipe.rollout.max_new_tokens,
                                        temperature=recipe.rollout.temperature,
                                        top_p=recipe.rollout.top_p)
-        self.engine = build_engine(recipe.rollout.engine, model_dir, dtype=recipe.model.dtype,
-                                   seed=recipe.loop.seed, max_model_len=recipe.rollout.max_model_len,
-                                   kv_cache_gb=recipe.rollout.kv_cache_gb)
+        self.engine = None  # offline runs without evaluation never sample
+        if recipe.mode == "online" or self.eval_rows:
+            self.engine = build_engine(recipe.rollout.engine, model_dir, dtype=recipe.model.dtype,
+                                       seed=recipe.loop.seed,
+                                       max_model_len=recipe.rollout.max_model_len,
+                                       kv_cache_gb=recipe.rollout.kv_cache_gb)
         windows = -(-recipe.data.prompts_per_iteration
                     // (recipe.train.micro_batch_size * recipe.train.grad_accum))
         total_steps = recipe.loop.iterations * recipe.train.epochs_per_iteration * windows
@@ -149,7 +178,8 @@ class Loop:
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
-        self.engine.update_weights(self.trainer.named_weights())
+        if self.engine is not None:
+            self.engine.update_weights(self.trainer.named_weights())
         self.metrics.rewind(self.iteration, state.get("metrics"))
         return True
 
@@ -169,13 +199,9 @@ class Loop:
         return time.perf_counter() - started
 
     # --- one iteration ---------------------------------------------------------------------------
-    def step(self) -> dict:
-        recipe, iteration = self.recipe, self.iteration + 1
-        started = time.perf_counter()
-        gamma = self.controller.value
-        rows = to_prompt_rows(self.stream.next_batch(recipe.data.prompts_per_iteration),
-                              recipe.data.prompt_field, self.tokenizer, recipe.data.chat_template)
-
+    def _online_pairs(self, iteration: int, rows: list) -> tuple[list, PairStats, dict]:
+        """Samples, scores and pairs: the self-play half of an iteration."""
+        recipe, n = self.recipe, self.sampling.n
         t0 = time.perf_counter()
         try:
             rollouts = self.engine.generate([r.text for r in rows], self.sampling,
@@ -188,13 +214,11 @@ class Loop:
         gen_tokens = sum(len(c.token_ids) for r in rollouts for c in r.completions)
 
         t0 = time.perf_counter()
-        flat_prompts = [row.raw for row in rows for _ in range(self.sampling.n)]
-        flat_meta = [row.metadata for row in rows for _ in range(self.sampling.n)]
-        flat_texts = [c.text for r in rollouts for c in r.completions]
-        flat_scores = score_checked(self.rewarder, recipe.reward.name, flat_prompts, flat_texts,
-                                    flat_meta)
-        rewards = [flat_scores[i * self.sampling.n:(i + 1) * self.sampling.n]
-                   for i in range(len(rows))]
+        texts = [c.text for r in rollouts for c in r.completions]
+        scores = score_checked(self.rewarder, recipe.reward.name,
+                               [row.raw for row in rows for _ in range(n)], texts,
+                               [row.metadata for row in rows for _ in range(n)])
+        rewards = [scores[i * n:(i + 1) * n] for i in range(len(rows))]
         time_reward = time.perf_counter() - t0
 
         pairs, pair_stats = best_worst_pairs([r.prompt_ids for r in rollouts],
@@ -202,49 +226,89 @@ class Loop:
                                              recipe.pairs.min_reward_gap)
         if recipe.logging.save_rollouts:
             self._write_rollouts(iteration, rows, rollouts, rewards, pairs)
+        return pairs, pair_stats, {
+            "reward_mean": statistics.fmean(scores),
+            "reward_std": statistics.pstdev(scores),
+            "chosen_reward_mean": statistics.fmean(p.chosen_reward for p in pairs) if pairs else None,
+            "completion_tokens_mean": gen_tokens / max(1, len(texts)),
+            "time_generate_s": time_generate,
+            "time_reward_s": time_reward,
+            "gen_tokens_per_s": gen_tokens / time_generate if time_generate > 0 else None,
+        }
+
+    def _offline_pairs(self, raw_rows: list[dict]) -> tuple[list, PairStats, dict]:
+        """Pairs straight from a preference dataset (the paper's offline setting)."""
+        data = self.recipe.data
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        pairs = []
+        for index, row in enumerate(raw_rows):
+            prompt = format_prompt(self.tokenizer, row[data.prompt_field], data.chat_template)
+            sides = [(row[f], self.tokenizer(row[f], add_special_tokens=False)["input_ids"] + eos)
+                     for f in (data.chosen_field, data.rejected_field)]
+            pairs.append(Pair(index, self.tokenizer(prompt)["input_ids"],
+                              Completion(*sides[0]), Completion(*sides[1]), 1.0, 0.0))
+        return pairs, PairStats(len(raw_rows), len(pairs), 0), {
+            "reward_mean": None, "reward_std": None, "time_generate_s": 0.0,
+            "time_reward_s": 0.0}
+
+    def step(self) -> dict:
+        recipe, iteration = self.recipe, self.iteration + 1
+        started = time.perf_counter()
+        gamma = self.controller.value
+        raw_rows = self.stream.next_batch(recipe.data.prompts_per_iteration)
+        if recipe.mode == "offline":
+            pairs, pair_stats, collected = self._offline_pairs(raw_rows)
+        else:
+            rows = to_prompt_rows(raw_rows, recipe.data.prompt_field, self.tokenizer,
+                                  recipe.data.chat_template)
+            pairs, pair_stats, collected = self._online_pairs(iteration, rows)
 
         t0 = time.perf_counter()
-        margins, margins_end, loss, train_tokens, steps = [], [], None, 0, 0
+        margins, margins_end, gammas, loss, train_tokens, steps = [], [], [], None, 0, 0
         if pairs:
-            stats = self.trainer.train(pairs, gamma, iteration, progress=self.progress)
-            margins, loss, train_tokens, steps = stats.margins, stats.loss, stats.tokens, stats.steps
+            stats = self.trainer.train(pairs, self.controller.pair_gammas, iteration,
+                                       progress=self.progress)
+            margins, gammas, loss = stats.margins, stats.gammas, stats.loss
+            train_tokens, steps = stats.tokens, stats.steps
             margins_end = self.trainer.margins(pairs)
         time_train = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        if pairs:
+        if pairs and self.engine is not None:
             self.engine.update_weights(self.trainer.named_weights())
         time_sync = time.perf_counter() - t0
 
-        all_scores = flat_scores
+        evaluation = {}
+        every = recipe.eval.every
+        if self.eval_rows and ((every and iteration % every == 0) or
+                               iteration == recipe.loop.iterations):
+            evaluation = self.evaluate(iteration)
         record = {
             "iteration": iteration,
+            **self.controller.describe(),
             "gamma": gamma,
-            "active_fraction": (sum(m < gamma for m in margins) / len(margins)) if margins else None,
-            "active_fraction_end": (sum(m < gamma for m in margins_end) / len(margins_end))
-            if margins_end else None,
+            "active_fraction": _share_below(margins, gammas),
+            "active_fraction_end": _share_below(margins_end, gammas),
+            "filtered_fraction": (1 - _share_below(margins, gammas)) if margins else None,
             "margin_p10": _quantile(margins, 0.1),
             "margin_p50": _quantile(margins, 0.5),
             "margin_p90": _quantile(margins, 0.9),
             "margin_end_p50": _quantile(margins_end, 0.5),
-            "reward_mean": statistics.fmean(all_scores),
-            "reward_std": statistics.pstdev(all_scores),
-            "chosen_reward_mean": statistics.fmean(p.chosen_reward for p in pairs) if pairs else None,
+            **collected,
             "n_prompts": pair_stats.n_prompts,
             "n_pairs": pair_stats.n_pairs,
             "n_dropped": pair_stats.n_dropped,
             "loss": loss,
             "optimizer_steps": steps,
             "lr": self.trainer.engine.get_lr()[0],
-            "completion_tokens_mean": gen_tokens / max(1, len(flat_texts)),
-            "time_generate_s": time_generate,
-            "time_reward_s": time_reward,
             "time_train_s": time_train,
             "time_sync_s": time_sync,
-            "gen_tokens_per_s": gen_tokens / time_generate if time_generate > 0 else None,
             "train_tokens_per_s": train_tokens / time_train if train_tokens else None,
+            **evaluation,
         }
-        self.controller.update({**record, "iterations": recipe.loop.iterations})
+        self.controller.update({**record, "iterations": recipe.loop.iterations,
+                                "margins": margins, "margins_end": margins_end})
+        record["gamma_next"] = self.controller.value
         self.iteration = iteration
         record["time_checkpoint_s"] = None
         if iteration % recipe.loop.checkpoint_every == 0 or iteration == recipe.loop.iterations:
@@ -256,6 +320,27 @@ class Loop:
         record["rss_mb"] = rss_mb()
         self.metrics.append(record)
         return record
+
+    def evaluate(self, iteration: int) -> dict:
+        """Mean reward of samples on the held-out prompts under the current weights."""
+        from selfplay.rollout.base import SamplingConfig
+
+        started = time.perf_counter()
+        n = self.recipe.eval.n
+        sampling = SamplingConfig(n=n, max_new_tokens=self.sampling.max_new_tokens,
+                                  temperature=self.recipe.eval.temperature,
+                                  top_p=self.sampling.top_p)
+        rollouts = self.engine.generate([r.text for r in self.eval_rows], sampling,
+                                        seed=_iteration_seed(self.recipe.loop.seed, iteration)
+                                        + 500_009)
+        scores = score_checked(self.rewarder, self.recipe.reward.name,
+                               [r.raw for r in self.eval_rows for _ in range(n)],
+                               [c.text for r in rollouts for c in r.completions],
+                               [r.metadata for r in self.eval_rows for _ in range(n)])
+        return {"eval_reward_mean": statistics.fmean(scores),
+                "eval_reward_std": statistics.pstdev(scores),
+                "eval_prompts": len(self.eval_rows),
+                "time_eval_s": time.perf_counter() - started}
 
     def _write_rollouts(self, iteration, rows, rollouts, rewards, pairs) -> None:
         paired = {p.prompt_index: p for p in pairs}
@@ -281,19 +366,23 @@ class Loop:
         return final
 
     def close(self) -> None:
-        self.engine.close()
+        if self.engine is not None:
+            self.engine.close()
 
 
 def format_summary(record: dict, total: int) -> str:
     def num(value, fmt=".2f"):
         return "-" if value is None else format(value, fmt)
-    return (f"iter {record['iteration']}/{total} | reward {record['reward_mean']:.3f}"
-            f"±{record['reward_std']:.3f} | pairs {record['n_pairs']}/{record['n_prompts']} | "
+    reward = ("offline" if record["reward_mean"] is None else
+              f"reward {record['reward_mean']:.3f}±{record['reward_std']:.3f}")
+    return (f"iter {record['iteration']}/{total} | {reward} | pairs {record['n_pairs']}/{record['n_prompts']} | "
             f"γ {record['gamma']:.2f} active {num(record['active_fraction'])}→"
             f"{num(record['active_fraction_end'])} | loss {num(record['loss'], '.4f')} | "
             f"gen {record['time_generate_s']:.1f}s train {record['time_train_s']:.1f}s "
             f"sync {record['time_sync_s']:.2f}s ckpt {num(record['time_checkpoint_s'], '.1f')}s | "
-            f"rss {record['rss_mb']:.0f}MB")
+            f"rss {record['rss_mb']:.0f}MB"
+            + (f" | held-out reward {record['eval_reward_mean']:.3f}"
+               if record.get("eval_reward_mean") is not None else ""))
 
 
 def completed_iterations(run_dir: Path) -> int:

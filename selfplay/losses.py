@@ -65,7 +65,7 @@ class LossSpec:
         chosen_logps: torch.Tensor,
         rejected_logps: torch.Tensor,
         *,
-        gamma: float,
+        gamma: float | torch.Tensor,
         beta: float | None = None,
         ref_chosen_logps: torch.Tensor | None = None,
         ref_rejected_logps: torch.Tensor | None = None,
@@ -79,9 +79,8 @@ class LossSpec:
             if not beta > 0:
                 raise ValueError(f"loss {self.name!r}: beta must be > 0, got {beta}")
         reference = _check_reference(self, chosen_logps, ref_chosen_logps, ref_rejected_logps)
-        return self.fn(
-            chosen_logps, rejected_logps, gamma=float(gamma), beta=beta, reference=reference
-        )
+        return self.fn(chosen_logps, rejected_logps, gamma=_gamma(gamma, chosen_logps), beta=beta,
+                       reference=reference)
 
 
 _LOSSES: dict[str, LossSpec] = {}
@@ -128,6 +127,19 @@ def needs_reference(name: str) -> bool:
 def needs_beta(name: str) -> bool:
     """True when the loss has a β (the registry supplies a default when the caller passes None)."""
     return get_loss(name).default_beta is not None
+
+
+def _gamma(gamma, chosen: torch.Tensor) -> float | torch.Tensor:
+    """One γ for all pairs (a float) or one per pair (a detached tensor shaped like the pairs)."""
+    if isinstance(gamma, (int, float)):
+        return float(gamma)
+    per_pair = torch.as_tensor(gamma, dtype=chosen.dtype, device=chosen.device).detach()
+    if per_pair.ndim == 0:
+        return float(per_pair)
+    if per_pair.shape != chosen.shape:
+        raise ValueError(f"per-pair gamma has shape {tuple(per_pair.shape)}, pairs have "
+                         f"{tuple(chosen.shape)}")
+    return per_pair
 
 
 def _check_pairs(name: str, chosen: torch.Tensor, rejected: torch.Tensor) -> None:

@@ -39,6 +39,10 @@ class DataConfig(Section):
                          "written by `datasets.Dataset.save_to_disk`. Relative paths are "
                          "resolved against the recipe file's directory.")
     prompt_field: str = Field("prompt", description="Column holding the prompt text.")
+    chosen_field: str = Field("chosen", description="offline mode: column of the preferred "
+                              "completion.")
+    rejected_field: str = Field("rejected", description="offline mode: column of the "
+                                "dispreferred completion.")
     prompts_per_iteration: int = Field(64, gt=0, description="Prompts sampled per iteration.")
     chat_template: bool = Field(True, description="Apply the tokenizer's chat template when it "
                                 "has one.")
@@ -77,12 +81,35 @@ class LossConfig(Section):
 
 
 class GammaConfig(Section):
-    controller: Literal["fixed", "schedule"] = Field("fixed", description="How γ is set each "
-                                                     "iteration.")
-    value: float = Field(0.5, ge=0, description="γ of the fixed controller.")
+    controller: Literal["fixed", "schedule", "adaptive", "gammapo"] = Field(
+        "fixed", description="How γ is set: fixed, schedule (start→end over the run), adaptive "
+        "(from the observed margins, docs/adaptive-gamma.md) or gammapo (per-pair targets, "
+        "the γ-PO baseline).")
+    value: float = Field(0.5, ge=0, description="fixed: γ; gammapo: the mean target γ0.")
     start: float = Field(1.0, ge=0, description="schedule: γ at the first iteration.")
     end: float = Field(0.2, ge=0, description="schedule: γ at the last iteration.")
     shape: Literal["linear", "cosine"] = Field("linear", description="schedule: curve shape.")
+    initial: float = Field(0.5, ge=0, description="adaptive: γ of the first iteration.")
+    target_start: float = Field(0.6, gt=0, lt=1, description="adaptive: share of pairs still "
+                                "active after the first update (many pairs learn early).")
+    target_end: float = Field(0.3, gt=0, lt=1, description="adaptive: that share at the last "
+                              "iteration (only the hard pairs late: the paper's curriculum).")
+    band: float = Field(0.05, ge=0, lt=1, description="adaptive: γ stays while the active share "
+                        "is within this distance of its target.")
+    smoothing: float = Field(0.7, gt=0, le=1, description="adaptive: weight of the new estimate "
+                             "in γ's moving average.")
+    gamma_min: float = Field(0.05, ge=0, description="adaptive: lower bound of γ.")
+    gamma_max: float = Field(2.0, gt=0, description="adaptive: upper bound of γ.")
+    tau: float = Field(10.0, gt=0, description="gammapo: KL temperature (larger: closer to "
+                       "uniform targets).")
+    gammapo_beta: float = Field(10.0, gt=0, description="gammapo: logistic scale of margins.")
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "GammaConfig":
+        if self.controller == "adaptive" and not (
+                self.gamma_min <= self.initial <= self.gamma_max):
+            raise ValueError("gamma.initial: must lie within [gamma.gamma_min, gamma.gamma_max]")
+        return self
 
 
 class TrainConfig(Section):
@@ -117,26 +144,40 @@ class DistributedConfig(Section):
                                       "engine beside the trainer.")
 
 
+class EvalConfig(Section):
+    prompts: Optional[str] = Field(None, description="Held-out prompt file, same format and "
+                                   "prompt_field as data.prompts; null: no evaluation.")
+    every: int = Field(0, ge=0, description="Evaluate every k iterations (0: after the last).")
+    n: int = Field(4, gt=0, description="Samples per held-out prompt.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature for evaluation.")
+
+
 class LoggingConfig(Section):
     save_rollouts: bool = Field(True, description="Write rollouts/iter-NNNN.jsonl.")
     progress: bool = Field(True, description="Progress bars on generation and training.")
 
 
 class Recipe(Section):
+    mode: Literal["online", "offline"] = Field(
+        "online", description="online: self-play (sample, score, pair); offline: train on the "
+        "fixed pairs of a preference dataset (data.chosen_field, data.rejected_field).")
     model: ModelConfig
     data: DataConfig
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    reward: RewardConfig
+    reward: Optional[RewardConfig] = None
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     gamma: GammaConfig = Field(default_factory=GammaConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> "Recipe":
+        if self.reward is None and (self.mode == "online" or self.eval.prompts):
+            raise ValueError("reward: required (online mode and evaluation score completions)")
         if self.loss.name == "dpo":
             raise ValueError("loss.name: dpo needs a frozen reference model, which the online "
                              "loop does not keep yet; use repo, simpo, ipo or repo++")
@@ -149,7 +190,7 @@ class Recipe(Section):
 # Fields that may change when a run is resumed; anything else would make the resumed run a
 # different experiment than its checkpoints.
 RESUMABLE_CHANGES = ("loop.iterations", "loop.keep_checkpoints", "loop.checkpoint_every",
-                     "logging.")
+                     "logging.", "eval.")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -207,6 +248,8 @@ def from_dict(raw: Any, base_dir: Path | None = None) -> Recipe:
         raise RecipeError(_format_errors(error)) from None
     if base_dir is not None:
         recipe.data.prompts = _resolve(recipe.data.prompts, base_dir)
+        if recipe.eval.prompts:
+            recipe.eval.prompts = _resolve(recipe.eval.prompts, base_dir)
         if not recipe.model.path.startswith("builtin:"):
             recipe.model.path = _resolve(recipe.model.path, base_dir)
     return recipe
@@ -261,6 +304,11 @@ def field_help() -> list[tuple[str, str, Any]]:
     rows = []
     for section_name, section_field in Recipe.model_fields.items():
         section_type = section_field.annotation
+        if section_name == "mode":
+            rows.append(("mode", section_field.description, section_field.default))
+            continue
+        if section_name == "reward":
+            section_type = RewardConfig
         for name, field in section_type.model_fields.items():
             default = None if field.is_required() else field.get_default(call_default_factory=True)
             rows.append((f"{section_name}.{name}", field.description or "", default))

@@ -171,3 +171,53 @@ def test_resume_refuses_a_changed_experiment(tmp_path):
         "data/letters", str(REPO / "recipes" / "data" / "letters")))
     result = run_cli("run", TINY_RECIPE, "-o", run_dir, "--resume", "train.lr=0.5")
     assert_one_line_error(result, "the recipe differs from the run's in train.lr")
+
+
+@pytest.mark.slow
+def test_offline_mode_trains_on_a_preference_dataset_and_filters_more_as_it_learns(tmp_path):
+    """The paper's setting: fixed pairs, fixed γ; the filtered share grows as margins grow."""
+    import random
+
+    rng = random.Random(0)
+    rows = []
+    for line in (REPO / "recipes" / "data" / "letters-train.jsonl").read_text().splitlines()[:48]:
+        row = json.loads(line)
+        others = [c for c in "klmnopqrstuvwxyz"]
+        rows.append({"prompt": row["prompt"],
+                     "chosen": "".join(rng.choice(row["letters"]) for _ in range(8)),
+                     "rejected": "".join(rng.choice(others) for _ in range(8))})
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_dir = tmp_path / "run"
+    result = run_cli("run", TINY_RECIPE, "-o", run_dir, "--no-progress", "mode=offline",
+                     f"data.prompts={data}", "data.prompts_per_iteration=16", "eval.prompts=null",
+                     "loop.iterations=9", "train.lr=1e-3", "train.epochs_per_iteration=1",
+                     "gamma.value=1.0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "offline" in result.stdout
+    records = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    filtered = [r["filtered_fraction"] for r in records]
+    assert filtered[0] < 0.2 and sum(filtered[-3:]) / 3 > filtered[0] + 0.3, filtered
+    assert (run_dir / "final" / "config.json").exists()
+    assert not (run_dir / "rollouts").exists()
+
+
+@pytest.mark.slow
+def test_adaptive_gamma_trajectory_survives_a_resume(tmp_path):
+    def overrides(bad_call):
+        return ["gamma.controller=adaptive", "data.prompts_per_iteration=16", "--no-progress",
+                "rollout.engine=hf", "loop.iterations=5", "reward.name=flaky_rewards:FlakyRewarder",
+                f"reward.kwargs={{counter_file: {tmp_path / str(bad_call)}, bad_call: {bad_call}}}"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert run_cli("run", TINY_RECIPE, "-o", straight, *overrides(99)).returncode == 0
+    # The rewarder fails in iteration 3 (its 3rd call): the run stops after 2 checkpoints.
+    assert run_cli("run", TINY_RECIPE, "-o", split, *overrides(3)).returncode == 1
+    resumed = run_cli("run", TINY_RECIPE, "-o", split, "--resume", *overrides(3))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    def trajectory(run_dir):
+        records = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+        return [(r["gamma"], r["gamma_target_active_end"], r["gamma_next"]) for r in records]
+
+    assert trajectory(straight) == trajectory(split)
+    assert len({gamma for gamma, _, _ in trajectory(straight)}) > 1  # γ actually moved

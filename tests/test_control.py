@@ -109,7 +109,7 @@ def test_build_controller():
 
 
 def test_unknown_controller_names_the_choices():
-    expected = "unknown gamma controller 'fxed'; choose from: fixed, schedule"
+    expected = "unknown gamma controller 'fxed'; choose from: adaptive, fixed, gammapo, schedule"
     with pytest.raises(ValueError, match=expected):
         build_controller("fxed", value=0.5)
 
@@ -126,3 +126,110 @@ def test_bad_controller_fields_name_the_controller():
         ScheduledGamma(1.0, 0.2, iterations=0)
     with pytest.raises(ValueError, match="value must be finite"):
         FixedGamma(float("nan"))
+
+
+# --- adaptive ---------------------------------------------------------------------------------
+import numpy as np  # noqa: E402
+
+from selfplay.control import AdaptiveGamma, GammaPOMargins  # noqa: E402
+
+
+def simulated_iteration(controller, rng, center, push=0.3, pairs=256):
+    """A stand-in for one online update: fresh margins around `center`; every pair below γ is
+    pushed up by `push` (RePO moves only active pairs)."""
+    gamma = controller.value
+    start = rng.normal(center, 0.4, size=pairs)
+    end = np.where(start < gamma, start + push, start)
+    return start.tolist(), end.tolist(), float(np.mean(end < gamma))
+
+
+def run_adaptive(controller, iterations, centers, seed=0):
+    rng = np.random.default_rng(seed)
+    history = []
+    for iteration in range(1, iterations + 1):
+        target = controller.target
+        start, end, active_end = simulated_iteration(controller, rng, centers[iteration - 1])
+        history.append((controller.value, target, active_end))
+        controller.update({"iteration": iteration, "iterations": iterations, "margins": start,
+                           "margins_end": end, "active_fraction_end": active_end})
+    return history
+
+
+def test_adaptive_holds_the_band_while_margins_drift_right():
+    # The paper's offline observation: margins grow as the policy learns. γ must follow them.
+    iterations = 30
+    centers = np.linspace(0.0, 1.5, iterations)
+    controller = AdaptiveGamma(iterations=iterations, initial=0.5, gamma_max=5.0)
+    history = run_adaptive(controller, iterations, centers)
+    settled = history[5:]
+    misses = [abs(active - target) for _, target, active in settled]
+    assert sum(m <= 0.1 for m in misses) >= 0.8 * len(settled), misses
+    gammas = [g for g, _, _ in history]
+    assert gammas[-1] > gammas[0] + 0.8  # it tracked the drift instead of filtering everything
+    # A fixed γ on the same drift ends up filtering almost every pair.
+    fixed_active = np.mean(np.random.default_rng(1).normal(centers[-1], 0.4, 256) < 0.5)
+    assert fixed_active < 0.05
+
+
+def test_adaptive_target_falls_over_the_run():
+    controller = AdaptiveGamma(iterations=11, target_start=0.7, target_end=0.2)
+    targets = []
+    for iteration in range(1, 12):
+        targets.append(controller.target)
+        controller.update({"iteration": iteration})
+    assert targets[0] == pytest.approx(0.7) and targets[-1] == pytest.approx(0.2)
+    assert all(a >= b for a, b in zip(targets, targets[1:]))
+
+
+def test_adaptive_respects_bounds_and_ignores_iterations_without_pairs():
+    controller = AdaptiveGamma(iterations=5, gamma_min=0.1, gamma_max=1.0, smoothing=1.0)
+    controller.update({"iteration": 1, "margins": [50.0] * 8, "margins_end": [60.0] * 8,
+                       "active_fraction_end": 0.0})
+    assert controller.value == 1.0
+    controller.update({"iteration": 2, "margins": [-50.0] * 8, "margins_end": [-40.0] * 8,
+                       "active_fraction_end": 1.0})
+    assert controller.value == 0.1
+    controller.update({"iteration": 3, "margins": [], "margins_end": [],
+                       "active_fraction_end": None})
+    assert controller.value == 0.1
+
+
+def test_adaptive_stays_put_inside_the_band():
+    controller = AdaptiveGamma(iterations=10, target_start=0.5, target_end=0.5, band=0.1)
+    controller.update({"iteration": 1, "margins": [0.0, 1.0], "margins_end": [3.0, 4.0],
+                       "active_fraction_end": 0.45})
+    assert controller.value == 0.5
+
+
+def test_adaptive_state_round_trip_continues_the_same_trajectory():
+    iterations = 12
+    centers = np.linspace(0.0, 1.0, iterations)
+    straight = AdaptiveGamma(iterations=iterations)
+    expected = run_adaptive(straight, iterations, centers, seed=3)
+
+    first = AdaptiveGamma(iterations=iterations)
+    rng = np.random.default_rng(3)
+    got = []
+    for iteration in range(1, 6):
+        start, end, active = simulated_iteration(first, rng, centers[iteration - 1])
+        got.append((first.value, first.target, active))
+        first.update({"iteration": iteration, "margins": start, "margins_end": end,
+                      "active_fraction_end": active})
+    state = json.loads(json.dumps(first.state_dict()))
+    second = AdaptiveGamma(iterations=iterations)
+    second.load_state_dict(state)
+    for iteration in range(6, iterations + 1):
+        start, end, active = simulated_iteration(second, rng, centers[iteration - 1])
+        got.append((second.value, second.target, active))
+        second.update({"iteration": iteration, "margins": start, "margins_end": end,
+                       "active_fraction_end": active})
+    assert got == expected
+
+
+def test_gammapo_targets_average_gamma0_and_favour_confident_pairs():
+    controller = GammaPOMargins(value=0.5, tau=10.0, beta=10.0)
+    gammas = controller.pair_gammas([-0.5, 0.0, 0.3, 1.0])
+    assert np.mean(gammas) == pytest.approx(0.5)
+    assert gammas == sorted(gammas) and gammas[-1] > gammas[0]
+    nearly_uniform = GammaPOMargins(value=0.5, tau=1e6).pair_gammas([-0.5, 1.0])
+    assert nearly_uniform == pytest.approx([0.5, 0.5], abs=1e-3)

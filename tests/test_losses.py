@@ -257,3 +257,14 @@ def test_empty_batch_is_an_error(name):
 def test_mismatched_shapes_are_an_error():
     with pytest.raises(ValueError, match=r"same shape, got \(2,\) and \(3,\)"):
         get_loss("repo")(logps(1.0, 2.0), logps(1.0, 2.0, 3.0), gamma=0.5)
+
+
+def test_per_pair_gamma_filters_each_pair_against_its_own_cutoff():
+    chosen = torch.tensor([0.0, 0.0, 0.0], requires_grad=True)
+    rejected = torch.tensor([-0.3, -0.3, -0.3])
+    out = get_loss("repo")(chosen, rejected, gamma=[0.2, 0.5, 0.3])
+    # margins 0.3: filtered by 0.2, active under 0.5 (0.2), filtered at exactly 0.3 → 0.2/3
+    assert out.loss.item() == pytest.approx(0.2 / 3)
+    assert out.active.tolist() == [False, True, False]
+    with pytest.raises(ValueError, match="per-pair gamma has shape"):
+        get_loss("repo")(chosen, rejected, gamma=[0.1, 0.2])

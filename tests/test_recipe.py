@@ -42,7 +42,7 @@ def test_wrong_type_and_missing_section_each_get_a_line(tmp_path):
     problems = problems_of(tmp_path, "model: {path: x}\ndata: {prompts: p}\n",
                            ["rollout.n=many"])
     assert any(p.startswith("rollout.n: ") for p in problems)
-    assert "reward: required, missing" in problems
+    assert any(p.startswith("reward: required") for p in problems), problems
 
 
 def test_bad_choice_lists_problem(tmp_path):

@@ -12,7 +12,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -23,10 +23,14 @@ from selfplay.recipe import TrainConfig
 from selfplay.train.logps import CompletionLogps, pad_batch
 
 
+GammaFn = Callable[[Sequence[float]], "float | list[float]"]
+
+
 @dataclass
 class TrainStats:
     loss: float
     margins: list[float]         # per pair, as first seen in this update (before its own step)
+    gammas: list[float]          # per pair, the γ its loss used when first seen
     active_fraction: float       # share of pairs with margin < γ when first seen
     steps: int                   # optimizer steps taken
     tokens: int                  # tokens through forward + backward
@@ -81,8 +85,9 @@ class Trainer:
                 gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
         policy = CompletionLogps(model, chunk_tokens=config.logit_chunk_tokens)
+        # The fused kernel updates in place: no parameter-sized temporaries (less peak memory).
         optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr,
-                                      weight_decay=config.weight_decay)
+                                      weight_decay=config.weight_decay, fused=True)
         warmup = int(config.warmup_ratio * total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_multiplier(step, total_steps, warmup, config.lr_schedule))
@@ -127,12 +132,18 @@ class Trainer:
         return out
 
     # --- the update ------------------------------------------------------------------------
-    def train(self, pairs: list[Pair], gamma: float, iteration: int,
+    def train(self, pairs: list[Pair], gamma: float | GammaFn, iteration: int,
               progress: bool = False) -> TrainStats:
-        """One update on this iteration's pairs; each optimizer step averages its window's pairs."""
+        """One update on this iteration's pairs; each optimizer step averages its window's pairs.
+
+        `gamma` is one value, or a function from a micro-batch's current margins to one γ or one
+        per pair (the per-pair and per-step controllers).
+        """
         started = time.perf_counter()
         micro, window = self.config.micro_batch_size, self.config.micro_batch_size * self.config.grad_accum
         first_margins: list[float | None] = [None] * len(pairs)
+        first_gammas: list[float | None] = [None] * len(pairs)
+        gamma_fn = gamma if callable(gamma) else (lambda margins: gamma)
         losses, tokens, steps = [], 0, 0
         self.engine.train()
         micro_batches = self.config.epochs_per_iteration * -(-len(pairs) // micro)
@@ -147,7 +158,9 @@ class Trainer:
                 for micro_start in range(0, len(window_ids), micro):
                     ids = window_ids[micro_start:micro_start + micro]
                     chosen, rejected, n_tokens = self._logps([pairs[i] for i in ids])
-                    out = self.loss_fn(chosen.float(), rejected.float(), gamma=gamma, beta=self.beta)
+                    chosen, rejected = chosen.float(), rejected.float()
+                    gammas = gamma_fn((chosen - rejected).detach().tolist())
+                    out = self.loss_fn(chosen, rejected, gamma=gammas, beta=self.beta)
                     # Weight by the micro-batch's share of its window so that a short last window
                     # still averages over its own pairs.
                     is_last = micro_start + micro >= len(window_ids)
@@ -159,14 +172,16 @@ class Trainer:
                     tokens += n_tokens
                     bar.update(1)
                     if epoch == 0:
-                        for i, margin in zip(ids, out.margins.tolist()):
-                            first_margins[i] = margin
+                        per_pair = gammas if isinstance(gammas, list) else [gammas] * len(ids)
+                        for i, margin, pair_gamma in zip(ids, out.margins.tolist(), per_pair):
+                            first_margins[i], first_gammas[i] = margin, float(pair_gamma)
                 steps += 1
         bar.close()
-        margins = [float(m) for m in first_margins]
-        active = sum(m < gamma for m in margins) / len(margins)
+        margins, gammas_used = [float(m) for m in first_margins], [float(g) for g in first_gammas]
+        active = sum(m < g for m, g in zip(margins, gammas_used)) / len(margins)
         return TrainStats(loss=sum(losses) / (len(pairs) * self.config.epochs_per_iteration),
-                          margins=margins, active_fraction=active, steps=steps, tokens=tokens,
+                          margins=margins, gammas=gammas_used, active_fraction=active,
+                          steps=steps, tokens=tokens,
                           seconds=time.perf_counter() - started)
 
     # --- weights out -----------------------------------------------------------------------
