@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -31,19 +30,6 @@ def _load_recipe(path: str, overrides: tuple[str, ...]):
         for problem in error.problems:
             click.echo(f"error: {problem}", err=True)
         sys.exit(2)
-
-
-def _quiet_runtime() -> None:
-    """Environment for a CPU run; set before torch or vLLM are imported."""
-    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR",
-                          str(Path.home() / ".cache" / "selfplay" / "torch_extensions"))
 
 
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -75,7 +61,8 @@ def run(recipe, overrides, output_dir, resume, overwrite, no_progress):
         _fail("--resume and --overwrite exclude each other", 2)
     loaded = _load_recipe(recipe, overrides)
     run_dir = Path(output_dir or Path("runs") / Path(recipe).stem)
-    _quiet_runtime()
+    from selfplay.runtime import configure_environment
+    configure_environment()
     from selfplay.errors import user_errors
     from selfplay.loop import run as run_loop
 
@@ -100,6 +87,8 @@ def validate(recipe, overrides):
     problems = []
     if not Path(loaded.data.prompts).exists():
         problems.append(f"data.prompts: file not found: {loaded.data.prompts}")
+    if loaded.eval.prompts and not Path(loaded.eval.prompts).exists():
+        problems.append(f"eval.prompts: file not found: {loaded.eval.prompts}")
     if not loaded.model.path.startswith("builtin:") and not (
             Path(loaded.model.path) / "config.json").exists():
         problems.append(f"model.path: no Hugging Face model directory at {loaded.model.path}")

@@ -243,7 +243,7 @@ class AdaptiveGamma(GammaController):
         self._drift = float(state.get("drift", 0.0))
 
 
-class GammaPOMargins(GammaController):
+class GammaPOMargins(FixedGamma):
     """The γ-PO baseline (Sun et al., ACL 2025): a per-pair target margin from each batch.
 
     γ_i = γ0·B·p_i, where p is a distribution over the B pairs of a micro-batch that minimises
@@ -256,12 +256,9 @@ class GammaPOMargins(GammaController):
 
     def __init__(self, value: float = 0.5, tau: float = 10.0, beta: float = 10.0,
                  steps: int = 20) -> None:
-        self.gamma0 = _finite("value", value)
+        super().__init__(value)  # the mean target γ0, fixed over the run
+        self.gamma0 = self.value
         self.tau, self.beta, self.steps = tau, beta, steps
-
-    @property
-    def value(self) -> float:
-        return self.gamma0
 
     def pair_gammas(self, margins: Sequence[float]) -> list[float]:
         gaps = self.beta * np.asarray(margins, dtype=np.float64)
@@ -275,15 +272,6 @@ class GammaPOMargins(GammaController):
             p = p * np.exp(-rate * grad)
             p /= p.sum()
         return (self.gamma0 * size * p).tolist()
-
-    def update(self, observation: Mapping[str, Any]) -> None:
-        _finished_iteration(observation)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"controller": self.name}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._check_state(state)
 
 
 CONTROLLERS: dict[str, type[GammaController]] = {

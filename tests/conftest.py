@@ -3,13 +3,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-# Before torch or vLLM load: the CPU runtime the CLI would set up.
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from selfplay.runtime import configure_environment
+
+configure_environment()  # before torch or vLLM load, as the CLI does
 
 import pytest  # noqa: E402
 

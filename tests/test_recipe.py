@@ -42,7 +42,12 @@ def test_wrong_type_and_missing_section_each_get_a_line(tmp_path):
     problems = problems_of(tmp_path, "model: {path: x}\ndata: {prompts: p}\n",
                            ["rollout.n=many"])
     assert any(p.startswith("rollout.n: ") for p in problems)
-    assert any(p.startswith("reward: required") for p in problems), problems
+    # Cross-field rules run once the fields themselves are valid.
+    problems = problems_of(tmp_path, "model: {path: x}\ndata: {prompts: p}\n")
+    assert problems == ["reward: required (online mode and evaluation score completions)"]
+    offline = tmp_path / "offline.yaml"
+    offline.write_text("mode: offline\nmodel: {path: x}\ndata: {prompts: p}\n")
+    assert load(offline).reward is None
 
 
 def test_bad_choice_lists_problem(tmp_path):
