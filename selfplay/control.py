@@ -171,8 +171,8 @@ class AdaptiveGamma(GammaController):
 
     name = "adaptive"
 
-    def __init__(self, iterations: int, target_start: float = 0.6, target_end: float = 0.3,
-                 band: float = 0.05, smoothing: float = 0.7, initial: float = 0.5,
+    def __init__(self, iterations: int, target_start: float = 0.8, target_end: float = 0.7,
+                 band: float = 0.05, smoothing: float = 0.4, initial: float = 0.5,
                  gamma_min: float = 0.05, gamma_max: float = 2.0) -> None:
         for label, value in (("target_start", target_start), ("target_end", target_end)):
             if not 0.0 < value < 1.0:
@@ -222,7 +222,8 @@ class AdaptiveGamma(GammaController):
         if median is not None:
             proposal = max(proposal, median + self._drift)
         self._last_proposal = proposal
-        moved = (1.0 - self.smoothing) * self._gamma + self.smoothing * proposal
+        # The current γ is carried along the same trend, so a steady drift causes no lag.
+        moved = (1.0 - self.smoothing) * (self._gamma + self._drift) + self.smoothing * proposal
         self._gamma = min(self.gamma_max, max(self.gamma_min, moved))
 
     def describe(self) -> dict[str, Any]:

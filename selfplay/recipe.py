@@ -90,13 +90,13 @@ class GammaConfig(Section):
     end: float = Field(0.2, ge=0, description="schedule: γ at the last iteration.")
     shape: Literal["linear", "cosine"] = Field("linear", description="schedule: curve shape.")
     initial: float = Field(0.5, ge=0, description="adaptive: γ of the first iteration.")
-    target_start: float = Field(0.6, gt=0, lt=1, description="adaptive: share of pairs still "
+    target_start: float = Field(0.8, gt=0, lt=1, description="adaptive: share of pairs still "
                                 "active after the first update (many pairs learn early).")
-    target_end: float = Field(0.3, gt=0, lt=1, description="adaptive: that share at the last "
+    target_end: float = Field(0.7, gt=0, lt=1, description="adaptive: that share at the last "
                               "iteration (only the hard pairs late: the paper's curriculum).")
     band: float = Field(0.05, ge=0, lt=1, description="adaptive: γ stays while the active share "
                         "is within this distance of its target.")
-    smoothing: float = Field(0.7, gt=0, le=1, description="adaptive: weight of the new estimate "
+    smoothing: float = Field(0.4, gt=0, le=1, description="adaptive: weight of the new estimate "
                              "in γ's moving average.")
     gamma_min: float = Field(0.05, ge=0, description="adaptive: lower bound of γ.")
     gamma_max: float = Field(2.0, gt=0, description="adaptive: upper bound of γ.")
