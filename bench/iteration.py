@@ -5,7 +5,7 @@ generation and training tokens/s; weight-sync time; RSS and peak RSS per iterati
 should stay flat). By default it runs the same recipe with the vLLM engine and with the HF
 `generate` fallback, each in its own process, side by side.
 
-  python bench/iteration.py                                  # recipes/tiny.yaml, 6 iterations
+  python bench/iteration.py                                  # recipes/tiny.yaml, 8 iterations
   python bench/iteration.py recipes/tiny.yaml loop.iterations=10 --engines vllm
 Writes bench/results/iteration.json.
 """
@@ -61,11 +61,12 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", nargs="?", default=str(REPO / "recipes" / "tiny.yaml"))
     parser.add_argument("overrides", nargs="*", default=[])
-    parser.add_argument("--iterations", type=int, default=6)
+    parser.add_argument("--iterations", type=int, default=8)
     parser.add_argument("--engines", default="vllm,hf")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "iteration.json"))
     args = parser.parse_args()
-    overrides = [f"loop.iterations={args.iterations}", *args.overrides]
+    # Held-out evaluation is off: it is not part of the loop being measured.
+    overrides = [f"loop.iterations={args.iterations}", "eval.prompts=null", *args.overrides]
     from bench.train_step import versions
 
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "recipe": args.recipe,
