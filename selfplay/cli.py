@@ -123,7 +123,8 @@ def status(run_dir, as_json):
     click.echo(f"final model: {'yes' if (run_path / 'final').exists() else 'not yet'}")
     if records:
         last = records[-1]
-        click.echo(f"last:        reward {last['reward_mean']:.3f}, γ {last['gamma']:.3f}, "
+        reward = "offline" if last["reward_mean"] is None else f"reward {last['reward_mean']:.3f}"
+        click.echo(f"last:        {reward}, γ {last['gamma']:.3f}, "
                    f"pairs {last['n_pairs']}/{last['n_prompts']}")
 
 

@@ -200,6 +200,7 @@ def test_offline_mode_trains_on_a_preference_dataset_and_filters_more_as_it_lear
     assert filtered[0] < 0.2 and sum(filtered[-3:]) / 3 > filtered[0] + 0.3, filtered
     assert (run_dir / "final" / "config.json").exists()
     assert not (run_dir / "rollouts").exists()
+    assert "9/9 logged" in run_cli("status", run_dir).stdout
 
 
 @pytest.mark.slow
