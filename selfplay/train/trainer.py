@@ -103,7 +103,6 @@ class Trainer:
         }
         self.engine, _, _, _ = deepspeed.initialize(
             model=policy, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
-        self.dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
 
     # --- log-probs -------------------------------------------------------------------------
     def _batch(self, pairs: list[Pair]) -> dict[str, torch.Tensor]:
