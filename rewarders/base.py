@@ -24,23 +24,29 @@ BUILTINS: dict[str, str] = {
 }
 
 
-def load_rewarder(name: str, kwargs: dict[str, Any] | None = None) -> Rewarder:
+def rewarder_class(name: str) -> type:
+    """The class behind a built-in's short name or a `package.module:ClassName` path."""
     target = BUILTINS.get(name, name)
     if ":" not in target:
         raise RewardError(f"reward.name: unknown rewarder {name!r}; built-ins: "
                           f"{', '.join(sorted(BUILTINS))}, or give package.module:ClassName")
     module_name, class_name = target.split(":", 1)
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        return getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as error:
         raise RewardError(f"reward.name: cannot import {target!r}: {error}") from None
+
+
+def load_rewarder(name: str, kwargs: dict[str, Any] | None = None) -> Rewarder:
+    cls = rewarder_class(name)
     try:
         rewarder = cls(**(kwargs or {}))
     except Exception as error:  # a plug-in's constructor can fail in any way
         raise RewardError(f"reward {name!r}: constructor failed with reward.kwargs="
                           f"{kwargs}: {type(error).__name__}: {error}") from None
     if not callable(getattr(rewarder, "score", None)):
-        raise RewardError(f"reward {name!r}: {target} has no score(prompts, completions, metadata)")
+        raise RewardError(f"reward {name!r}: {cls.__qualname__} has no "
+                          "score(prompts, completions, metadata)")
     return rewarder
 
 

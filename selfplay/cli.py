@@ -131,14 +131,11 @@ def status(run_dir, as_json):
 @main.command()
 def rewarders():
     """List the built-in rewarders."""
-    from rewarders.base import BUILTINS
+    from rewarders.base import BUILTINS, rewarder_class
 
-    for name, target in sorted(BUILTINS.items()):
-        module_name, class_name = target.split(":")
-        import importlib
-        cls = getattr(importlib.import_module(module_name), class_name)
-        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        click.echo(f"{name:12s} {summary}")
+    for name in sorted(BUILTINS):
+        doc = (rewarder_class(name).__doc__ or "").strip()
+        click.echo(f"{name:12s} {doc.splitlines()[0] if doc else ''}")
 
 
 if __name__ == "__main__":

@@ -283,13 +283,14 @@ class Loop:
         if self.eval_rows and ((every and iteration % every == 0) or
                                iteration == recipe.loop.iterations):
             evaluation = self.evaluate(iteration)
+        active = _share_below(margins, gammas)
         record = {
             "iteration": iteration,
             **self.controller.describe(),
             "gamma": gamma,
-            "active_fraction": _share_below(margins, gammas),
+            "active_fraction": active,
             "active_fraction_end": _share_below(margins_end, gammas),
-            "filtered_fraction": (1 - _share_below(margins, gammas)) if margins else None,
+            "filtered_fraction": None if active is None else 1 - active,
             "margin_p10": _quantile(margins, 0.1),
             "margin_p50": _quantile(margins, 0.5),
             "margin_p90": _quantile(margins, 0.9),
