@@ -10,6 +10,7 @@ import click
 EPILOG = """\b
 Examples:
   selfplay validate recipes/tiny.yaml
+  selfplay fields gamma
   selfplay run recipes/tiny.yaml --output-dir runs/tiny
   selfplay run recipes/tiny.yaml --output-dir runs/tiny --resume loop.iterations=20
   selfplay status runs/tiny
@@ -97,6 +98,19 @@ def validate(recipe, overrides):
     if problems:
         sys.exit(2)
     click.echo(f"{recipe}: ok")
+
+
+@main.command()
+@click.argument("section", required=False)
+def fields(section):
+    """List the recipe's fields with their defaults and help (optionally one SECTION)."""
+    from selfplay.recipe import field_help
+
+    rows = [r for r in field_help() if section is None or r[0].split(".")[0] == section]
+    if not rows:
+        _fail(f"no recipe section {section!r}", 2)
+    for name, description, default, required in rows:
+        click.echo(f"{name:28s} {'(required)' if required else repr(default):14s} {description}")
 
 
 @main.command()

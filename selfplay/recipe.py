@@ -299,17 +299,16 @@ def diff(old: Recipe, new: Recipe) -> list[str]:
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
-def field_help() -> list[tuple[str, str, Any]]:
-    """(dotted name, description, default) for every field: the recipe reference."""
+def field_help() -> list[tuple[str, str, Any, bool]]:
+    """(dotted name, description, default, required) for every field: the recipe reference."""
     rows = []
     for section_name, section_field in Recipe.model_fields.items():
-        section_type = section_field.annotation
         if section_name == "mode":
-            rows.append(("mode", section_field.description, section_field.default))
+            rows.append(("mode", section_field.description, section_field.default, False))
             continue
-        if section_name == "reward":
-            section_type = RewardConfig
+        section_type = RewardConfig if section_name == "reward" else section_field.annotation
         for name, field in section_type.model_fields.items():
-            default = None if field.is_required() else field.get_default(call_default_factory=True)
-            rows.append((f"{section_name}.{name}", field.description or "", default))
+            required = field.is_required()
+            default = None if required else field.get_default(call_default_factory=True)
+            rows.append((f"{section_name}.{name}", field.description or "", default, required))
     return rows

@@ -24,9 +24,18 @@ def assert_one_line_error(result, text, code=None):
 
 def test_help_explains_commands():
     result = run_cli("--help")
-    for command in ("run", "validate", "status", "rewarders"):
+    for command in ("run", "validate", "status", "rewarders", "fields"):
         assert command in result.stdout
     assert "--resume" in run_cli("run", "--help").stdout
+
+
+def test_fields_lists_every_recipe_field_with_default_and_help():
+    gamma = run_cli("fields", "gamma").stdout.splitlines()
+    target = next(line for line in gamma if line.startswith("gamma.target_start"))
+    assert "0.8" in target and "active" in target
+    assert all(line.startswith("gamma.") for line in gamma)
+    assert "model.path" in run_cli("fields").stdout
+    assert run_cli("fields", "nope").returncode == 2
 
 
 def test_validate_accepts_tiny_and_names_bad_fields(tmp_path):

@@ -78,4 +78,6 @@ def test_resolved_recipe_round_trips_and_diff_names_fields(tmp_path):
 def test_every_field_has_help_text():
     rows = recipe_mod.field_help()
     assert len(rows) > 30
-    assert all(description for _, description, _ in rows), [n for n, d, _ in rows if not d]
+    assert all(description for _, description, _, _ in rows), [r[0] for r in rows if not r[1]]
+    required = {name for name, _, _, is_required in rows if is_required}
+    assert required == {"model.path", "data.prompts", "reward.name"}
