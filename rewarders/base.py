@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -20,16 +21,45 @@ class RewardError(RuntimeError):
 
 # Short name -> "module:Class"; imported lazily so listing rewarders stays instant.
 BUILTINS: dict[str, str] = {
+    "combine": "rewarders.combine:CombinedRewarder",
+    "http": "rewarders.http:HTTPRewarder",
+    "ifbench": "rewarders.ifeval:IFBenchRewarder",
+    "ifeval": "rewarders.ifeval:IFEvalRewarder",
+    "judge": "rewarders.judge:JudgeRewarder",
+    "length_penalty": "rewarders.length:LengthPenaltyRewarder",
     "letters": "rewarders.letters:LettersRewarder",
+    "reward_model": "rewarders.reward_model:RewardModelRewarder",
 }
+
+# Installed packages register rewarders here, e.g. in their pyproject.toml:
+#   [project.entry-points."selfplay.rewarders"]
+#   my_verifier = "my_pkg.rewards:MyVerifier"
+ENTRY_POINT_GROUP = "selfplay.rewarders"
+
+
+def available_rewarders() -> dict[str, tuple[str, str]]:
+    """Short name -> ("module:Class", source), source "built-in" or "plug-in: <distribution>".
+
+    A plug-in never shadows a built-in, and of two plug-ins with one name the first
+    distribution on sys.path wins, as `rewarder_class` resolves them.
+    """
+    found = {name: (target, "built-in") for name, target in BUILTINS.items()}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        dist = entry.dist.name if entry.dist is not None else "unknown distribution"
+        found.setdefault(entry.name, (entry.value, f"plug-in: {dist}"))
+    return found
 
 
 def rewarder_class(name: str) -> type:
-    """The class behind a built-in's short name or a `package.module:ClassName` path."""
-    target = BUILTINS.get(name, name)
+    """The class behind a built-in's or an installed plug-in's short name, or behind a
+    `package.module:ClassName` path."""
+    known = available_rewarders()
+    target = known[name][0] if name in known else name
     if ":" not in target:
+        plugins = sorted(n for n, (_, source) in known.items() if source != "built-in")
         raise RewardError(f"reward.name: unknown rewarder {name!r}; built-ins: "
-                          f"{', '.join(sorted(BUILTINS))}, or give package.module:ClassName")
+                          f"{', '.join(sorted(BUILTINS))}; installed plug-ins: "
+                          f"{', '.join(plugins) or 'none'}; or give package.module:ClassName")
     module_name, class_name = target.split(":", 1)
     try:
         return getattr(importlib.import_module(module_name), class_name)

@@ -144,12 +144,15 @@ def status(run_dir, as_json):
 
 @main.command()
 def rewarders():
-    """List the built-in rewarders."""
-    from rewarders.base import BUILTINS, rewarder_class
+    """List the built-in and installed plug-in rewarders."""
+    from rewarders.base import RewardError, available_rewarders, rewarder_class
 
-    for name in sorted(BUILTINS):
-        doc = (rewarder_class(name).__doc__ or "").strip()
-        click.echo(f"{name:12s} {doc.splitlines()[0] if doc else ''}")
+    for name, (_, source) in sorted(available_rewarders().items()):
+        try:
+            doc = (rewarder_class(name).__doc__ or "").strip()
+        except RewardError as error:  # one broken plug-in must not hide the others
+            doc = f"(cannot load: {error})"
+        click.echo(f"{name:16s} {source:24s} {doc.splitlines()[0] if doc else ''}")
 
 
 if __name__ == "__main__":
