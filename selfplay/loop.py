@@ -21,7 +21,7 @@ from rewarders.base import load_rewarder, score_checked
 from selfplay import checkpoint, recipe as recipe_mod
 from selfplay.control import GammaController, build_controller
 from selfplay.data import PromptStream, format_prompt, load_prompt_table, to_prompt_rows
-from selfplay.metrics import MetricsLog, peak_rss_mb, rss_mb
+from selfplay.metrics import MetricsLog, build_sinks, peak_rss_mb, rss_mb
 from selfplay.pairs import Completion, Pair, PairStats, best_worst_pairs
 from selfplay.recipe import RESUMABLE_CHANGES, Recipe
 
@@ -121,7 +121,8 @@ class Loop:
         if not progress:
             import transformers
             transformers.utils.logging.disable_progress_bar()
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl")
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl",
+                                  sinks=build_sinks(recipe.logging, run_dir, recipe.to_dict()))
         model_dir = resolve_model(recipe, run_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         table = load_prompt_table(recipe.data.prompts, recipe.data.prompt_field)
@@ -369,6 +370,7 @@ class Loop:
     def close(self) -> None:
         if self.engine is not None:
             self.engine.close()
+        self.metrics.close()
 
 
 def format_summary(record: dict, total: int) -> str:

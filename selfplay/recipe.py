@@ -5,6 +5,7 @@ field. Loading a recipe loads no model and starts nothing, so `selfplay validate
 """
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -155,6 +156,20 @@ class EvalConfig(Section):
 class LoggingConfig(Section):
     save_rollouts: bool = Field(True, description="Write rollouts/iter-NNNN.jsonl.")
     progress: bool = Field(True, description="Progress bars on generation and training.")
+    tensorboard: bool = Field(False, description="Also log every numeric metric to "
+                              "RUN_DIR/tensorboard (step = iteration).")
+    wandb: bool = Field(False, description="Also log every numeric metric to Weights & Biases "
+                        "(files in RUN_DIR/wandb; needs `pip install wandb`).")
+    wandb_project: str = Field("selfplay", description="W&B project name.")
+    wandb_mode: Literal["offline", "online"] = Field(
+        "offline", description="W&B mode: offline (sync later with `wandb sync`) or online.")
+
+    @model_validator(mode="after")
+    def _check_installed(self) -> "LoggingConfig":
+        for field, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+            if getattr(self, field) and importlib.util.find_spec(package) is None:
+                raise ValueError(f"logging.{field}: needs `pip install {package}`")
+        return self
 
 
 class Recipe(Section):
