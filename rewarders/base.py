@@ -85,6 +85,8 @@ def score_checked(rewarder: Rewarder, name: str, prompts: list[str], completions
     """Calls the rewarder and turns any failure into a RewardError naming it and the bad item."""
     try:
         scores = rewarder.score(prompts, completions, metadata)
+    except RewardError as error:  # a part of a composite rewarder failed; it is named inside
+        raise RewardError(f"rewarder {name!r} → {error}") from error
     except Exception as error:
         raise RewardError(f"rewarder {name!r} raised {type(error).__name__}: {error}") from error
     try:
