@@ -14,6 +14,7 @@ Examples:
   selfplay run recipes/tiny.yaml --output-dir runs/tiny
   selfplay run recipes/tiny.yaml --output-dir runs/tiny --resume loop.iterations=20
   selfplay status runs/tiny
+  selfplay report runs/tiny
 """
 
 
@@ -140,6 +141,26 @@ def status(run_dir, as_json):
         reward = "offline" if last["reward_mean"] is None else f"reward {last['reward_mean']:.3f}"
         click.echo(f"last:        {reward}, γ {last['gamma']:.3f}, "
                    f"pairs {last['n_pairs']}/{last['n_prompts']}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--rows", type=click.IntRange(min=2), default=20, show_default=True,
+              help="Most table rows; longer runs show every k-th iteration.")
+def report(run_dir, rows):
+    """Plot a run's metrics into RUN_DIR/report/ and print a table of its iterations."""
+    from selfplay.report import ReportError, format_table, summary_line, write_report
+
+    try:
+        result = write_report(run_dir)
+    except ReportError as error:
+        _fail(str(error))
+    click.echo(format_table(result.records, max_rows=rows))
+    click.echo(summary_line(result.records))
+    for path in result.plots:
+        click.echo(f"wrote {path}")
+    for name, why in result.skipped.items():
+        click.echo(f"skipped {name}: {why}")
 
 
 @main.command()

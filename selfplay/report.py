@@ -35,7 +35,8 @@ def load_records(run_dir: Path | str) -> list[dict]:
     """metrics.jsonl's records, one per iteration in order; a line cut short by a kill is skipped."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise ReportError(f"{run_dir}: no such run directory")
+        raise ReportError(f"{run_dir}: " + ("not a directory" if run_dir.exists()
+                                            else "no such run directory"))
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise ReportError(f"{run_dir}: no metrics.jsonl (the run has not finished an iteration)")
