@@ -6,6 +6,7 @@ skipped; a plot with nothing to draw is not written.
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -346,7 +347,5 @@ def write_report(run_dir: Path | str) -> ReportResult:
 
 
 def _wrap(text: str, width: int) -> str:
-    import textwrap
-
     return "\n".join(textwrap.fill(line, width, subsequent_indent="  ")
                      for line in text.splitlines())
