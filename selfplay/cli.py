@@ -91,8 +91,12 @@ def validate(recipe, overrides):
         problems.append(f"data.prompts: file not found: {loaded.data.prompts}")
     if loaded.eval.prompts and not Path(loaded.eval.prompts).exists():
         problems.append(f"eval.prompts: file not found: {loaded.eval.prompts}")
-    if not loaded.model.path.startswith("builtin:") and not (
-            Path(loaded.model.path) / "config.json").exists():
+    if loaded.model.path.startswith("builtin:"):
+        from selfplay.models import BUILTIN_MODELS
+        if loaded.model.path.split(":", 1)[1] not in BUILTIN_MODELS:
+            problems.append(f"model.path: unknown built-in model {loaded.model.path!r} (built-ins: "
+                            + ", ".join("builtin:" + name for name in BUILTIN_MODELS) + ")")
+    elif not (Path(loaded.model.path) / "config.json").exists():
         problems.append(f"model.path: no Hugging Face model directory at {loaded.model.path}")
     for problem in problems:
         click.echo(f"error: {problem}", err=True)

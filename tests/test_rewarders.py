@@ -19,7 +19,7 @@ def test_load_by_short_name_and_dotted_path():
 
 
 def test_unknown_and_unimportable_names_are_clear():
-    with pytest.raises(RewardError, match="unknown rewarder 'nope'; built-ins: letters"):
+    with pytest.raises(RewardError, match="unknown rewarder 'nope'; built-ins: combine, http, .*letters"):
         load_rewarder("nope")
     with pytest.raises(RewardError, match="cannot import 'no_such_pkg.mod:Cls'"):
         load_rewarder("no_such_pkg.mod:Cls")
