@@ -92,6 +92,7 @@ class IFEvalRewarder:
         self.all_or_nothing = all_or_nothing
         self.ids_field, self.kwargs_field = ids_field, kwargs_field
         self.checker = InstructionChecker(self.benchmark)
+        self._probed: dict[str, str | None] = {}
 
     def follows(self, prompt: str, completion: str, row: dict) -> list[bool]:
         if self.ids_field not in row:
@@ -99,6 +100,22 @@ class IFEvalRewarder:
                            f"(fields: {', '.join(sorted(row)) or 'none'})")
         return self.checker.check(prompt, completion, list(row[self.ids_field]),
                                   row.get(self.kwargs_field), loose=self.loose)
+
+    def unavailable(self, row: dict) -> str | None:
+        """Why this row cannot be checked here (a checker's data is not installed), or None."""
+        for instruction_id in row.get(self.ids_field) or []:
+            if instruction_id not in self._probed:
+                try:
+                    self.checker.check("", "A short probe answer. It has two sentences.",
+                                       [instruction_id], None)
+                    self._probed[instruction_id] = None
+                except MissingResource as error:
+                    self._probed[instruction_id] = str(error)
+                except Exception:  # a checker that needs its kwargs: the real check decides
+                    self._probed[instruction_id] = None
+            if self._probed[instruction_id]:
+                return self._probed[instruction_id]
+        return None
 
     def score(self, prompts, completions, metadata):
         scores = []

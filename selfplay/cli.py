@@ -167,6 +167,56 @@ def report(run_dir, rows):
         click.echo(f"skipped {name}: {why}")
 
 
+@main.command("eval")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--prompts", required=True,
+              help="Prompt file (.jsonl …) with the rewarder's fields, or a named set: ifbench.")
+@click.option("--reward", default="ifeval", show_default=True, help="Rewarder short name or pkg.mod:Class.")
+@click.option("--reward-kwargs", default="{}", help="The rewarder's kwargs as JSON.")
+@click.option("--samples", default=1, show_default=True, help="Answers per prompt.")
+@click.option("--temperature", default=0.0, show_default=True, help="0 is greedy.")
+@click.option("--max-new-tokens", default=256, show_default=True)
+@click.option("--max-model-len", default=4096, show_default=True)
+@click.option("--limit", type=int, help="Only the first N prompts.")
+@click.option("--engine", type=click.Choice(["vllm", "hf"]), default="vllm", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="Write per-prompt scores as JSON.")
+def eval_(models, prompts, reward, reward_kwargs, samples, temperature, max_new_tokens,
+          max_model_len, limit, engine, seed, out):
+    """Score MODELS on a prompt set with a rewarder; two or more are compared pairwise.
+
+    A model is a Hugging Face directory, a run directory (its final/ model) or builtin:NAME.
+    The first model is the baseline: every other one gets a paired difference over the same
+    prompts with a 95% interval.
+
+    \b
+      selfplay eval builtin:smollm2-135m-instruct runs/quickstart \\
+          --prompts recipes/data/ifeval-heldout.jsonl --max-new-tokens 128
+      selfplay eval runs/quickstart --prompts ifbench --reward ifbench
+    """
+    try:
+        kwargs = json.loads(reward_kwargs)
+    except json.JSONDecodeError as error:
+        _fail(f"--reward-kwargs: not JSON: {error}", 2)
+    from selfplay.runtime import configure_environment
+    configure_environment()
+    from selfplay.errors import user_errors
+    from selfplay.evaluate import evaluate, format_report, save_report
+
+    report = None
+    with user_errors() as failed:
+        report = evaluate(list(models), prompts, reward=reward, reward_kwargs=kwargs,
+                          samples=samples, temperature=temperature,
+                          max_new_tokens=max_new_tokens, max_model_len=max_model_len,
+                          limit=limit, engine=engine, seed=seed, echo=click.echo)
+    if failed:
+        _fail(failed[0])
+    click.echo(format_report(report))
+    if out:
+        save_report(report, out)
+        click.echo(f"per-prompt scores: {out}")
+
+
 @main.command()
 def rewarders():
     """List the built-in and installed plug-in rewarders."""

@@ -8,9 +8,11 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from rewarders.base import RewardError
     from selfplay.checkpoint import CheckpointError
     from selfplay.data import DataError
+    from selfplay.evaluate import EvalError
     from selfplay.loop import RunError
+    from selfplay.models import ModelError
     from selfplay.recipe import RecipeError
-    return (RunError, RecipeError, DataError, RewardError, CheckpointError)
+    return (RunError, RecipeError, DataError, RewardError, CheckpointError, EvalError, ModelError)
 
 
 @contextlib.contextmanager

@@ -1,12 +1,14 @@
 """Synthesises instruction-following prompts with verifiable constraints (IFEval's registry).
 
-Each prompt is a short base task ("Write a short poem about the ocean.") followed by 1–3
+Run from the repository root (it imports `rewarders`). Each prompt is a short base task ("Write a short poem about the ocean.") followed by 1–3
 compatible instructions drawn from IFEval's 25 instruction classes, with random arguments from
 the classes' own `build_description()`. A row stores the constraints the way IFEval ships them
 (`instruction_id_list`, `kwargs`), which is what the `ifeval` rewarder checks. None of IFBench's
 test prompts is used. Re-run with another seed to make more; the seed decides everything:
 
     python recipes/data/make_ifeval_prompts.py --seed 1 --count 512 --out ifeval-train.jsonl
+    python recipes/data/make_ifeval_prompts.py --seed 1000 --count 200 \
+        --exclude ifeval-train.jsonl --out ifeval-heldout.jsonl
 
 Instructions whose drawn arguments cannot be met in a short answer (more than 60 words, 6
 sentences, 3 paragraphs, 3 sections or 5 bullets) are re-drawn, and the answer language
@@ -90,7 +92,9 @@ def draw_instruction(instruction_id: str, cls, task: str):
     raise RuntimeError(f"cannot draw arguments for {instruction_id}")
 
 
-def make_rows(seed: int, count: int, min_instructions: int = 1, max_instructions: int = 3):
+def make_rows(seed: int, count: int, min_instructions: int = 1, max_instructions: int = 3,
+              exclude: set[str] = frozenset()):
+    """`count` rows; prompts in `exclude` (e.g. the training set's) are drawn again."""
     from rewarders.nltk_data import ensure_nltk_data
 
     ensure_nltk_data()
@@ -99,8 +103,9 @@ def make_rows(seed: int, count: int, min_instructions: int = 1, max_instructions
     # The instruction classes draw their arguments from the global `random`.
     random.seed(seed)
     ids = [i for i in INSTRUCTION_DICT if i not in EXCLUDED]
-    rows = []
-    for index in range(count):
+    rows: list[dict] = []
+    seen = set(exclude)
+    while len(rows) < count:
         task = random.choice(TASKS).format(topic=random.choice(TOPICS))
         wanted = random.randint(min_instructions, max_instructions)
         chosen: list[str] = []
@@ -117,7 +122,11 @@ def make_rows(seed: int, count: int, min_instructions: int = 1, max_instructions
                                                  task)
             parts.append(description)
             kwargs.append(args)
-        rows.append({"key": f"s{seed}-{index}", "prompt": " ".join(parts),
+        prompt = " ".join(parts)
+        if prompt in seen:
+            continue
+        seen.add(prompt)
+        rows.append({"key": f"s{seed}-{len(rows)}", "prompt": prompt,
                      "instruction_id_list": chosen, "kwargs": kwargs})
     return rows
 
@@ -129,8 +138,11 @@ def main(argv=None) -> None:
     parser.add_argument("--min-instructions", type=int, default=1)
     parser.add_argument("--max-instructions", type=int, default=3)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--exclude", type=Path, action="append", default=[],
+                        help="A prompt file whose prompts must not reappear (e.g. the train set).")
     args = parser.parse_args(argv)
-    rows = make_rows(args.seed, args.count, args.min_instructions, args.max_instructions)
+    exclude = {json.loads(line)["prompt"] for path in args.exclude for line in path.open()}
+    rows = make_rows(args.seed, args.count, args.min_instructions, args.max_instructions, exclude)
     with args.out.open("w") as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")

