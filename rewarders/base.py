@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import threading
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
@@ -17,6 +18,10 @@ class Rewarder(Protocol):
 
 class RewardError(RuntimeError):
     """A rewarder failed; the message names it and the first bad item."""
+
+
+class RewardTimeout(RewardError):
+    """A scoring call took longer than `reward.timeout_s`."""
 
 
 # Short name -> "module:Class"; imported lazily so listing rewarders stays instant.
@@ -80,11 +85,41 @@ def load_rewarder(name: str, kwargs: dict[str, Any] | None = None) -> Rewarder:
     return rewarder
 
 
+def call_with_timeout(function, timeout_s: float | None, name: str):
+    """Runs `function()`; past `timeout_s` seconds a RewardError is raised instead of waiting.
+
+    A hung plug-in cannot be killed from Python, so it is left running in a daemon thread (the
+    process exits anyway once the error is reported) rather than blocking the run forever.
+    """
+    if timeout_s is None:
+        return function()
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = function()
+        except BaseException as error:  # re-raised in the caller's thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=target, name=f"rewarder-{name}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise RewardTimeout(f"rewarder {name!r} did not return within reward.timeout_s="
+                          f"{timeout_s:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def score_checked(rewarder: Rewarder, name: str, prompts: list[str], completions: list[str],
-                  metadata: list[dict]) -> list[float]:
+                  metadata: list[dict], timeout_s: float | None = None) -> list[float]:
     """Calls the rewarder and turns any failure into a RewardError naming it and the bad item."""
     try:
-        scores = rewarder.score(prompts, completions, metadata)
+        scores = call_with_timeout(lambda: rewarder.score(prompts, completions, metadata),
+                                   timeout_s, name)
+    except RewardTimeout:
+        raise
     except RewardError as error:  # a part of a composite rewarder failed; it is named inside
         raise RewardError(f"rewarder {name!r} → {error}") from error
     except Exception as error:

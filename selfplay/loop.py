@@ -219,7 +219,8 @@ class Loop:
         texts = [c.text for r in rollouts for c in r.completions]
         scores = score_checked(self.rewarder, recipe.reward.name,
                                [row.raw for row in rows for _ in range(n)], texts,
-                               [row.metadata for row in rows for _ in range(n)])
+                               [row.metadata for row in rows for _ in range(n)],
+                               timeout_s=recipe.reward.timeout_s)
         rewards = [scores[i * n:(i + 1) * n] for i in range(len(rows))]
         time_reward = time.perf_counter() - t0
 
@@ -339,7 +340,8 @@ class Loop:
         scores = score_checked(self.rewarder, self.recipe.reward.name,
                                [r.raw for r in self.eval_rows for _ in range(n)],
                                [c.text for r in rollouts for c in r.completions],
-                               [r.metadata for r in self.eval_rows for _ in range(n)])
+                               [r.metadata for r in self.eval_rows for _ in range(n)],
+                               timeout_s=self.recipe.reward.timeout_s)
         return {"eval_reward_mean": statistics.fmean(scores),
                 "eval_reward_std": statistics.pstdev(scores),
                 "eval_prompts": len(self.eval_rows),

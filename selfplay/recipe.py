@@ -68,6 +68,9 @@ class RewardConfig(Section):
     name: str = Field(..., description="A built-in rewarder's short name or "
                       "`package.module:ClassName` of your own.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments.")
+    timeout_s: Optional[float] = Field(None, gt=0, description="Seconds one scoring call may "
+                                       "take before the iteration stops with an error naming "
+                                       "the rewarder (null: no limit).")
 
 
 class PairsConfig(Section):

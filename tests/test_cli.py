@@ -157,11 +157,13 @@ def test_kill_minus_9_then_resume_gives_bit_identical_weights(tmp_path):
     ("raise", "rewarder 'flaky_rewards:FlakyRewarder' raised ConnectionError"),
     ("nan", "returned nan for item 0"),
     ("count", "returned 127 scores for 128 completions"),
+    ("hang", "did not return within reward.timeout_s=3 s"),
 ])
 def test_failing_rewarder_stops_run_and_resume_retries_the_iteration(tmp_path, mode, message):
     run_dir = tmp_path / "run"
     overrides = ["rollout.engine=hf", "loop.iterations=3", "reward.name=flaky_rewards:FlakyRewarder",
-                 f"reward.kwargs={{counter_file: {tmp_path / 'calls'}, bad_call: 2, mode: {mode}}}"]
+                 f"reward.kwargs={{counter_file: {tmp_path / 'calls'}, bad_call: 2, mode: {mode}}}",
+                 "reward.timeout_s=3"]
     failed = run_cli("run", TINY_RECIPE, "-o", run_dir, "--no-progress", *overrides)
     assert_one_line_error(failed, message, 1)
     assert "iter 1/3" in failed.stdout and "iter 2/3" not in failed.stdout

@@ -47,3 +47,27 @@ class Returns:
 def test_bad_rewarder_output_names_rewarder_and_item(value, message):
     with pytest.raises(RewardError, match=message.replace("(", r"\(")):
         score_checked(Returns(value), "mine", ["p", "q"], ["x", "y"], [{}, {}])
+
+
+def test_a_scoring_call_past_its_timeout_is_an_error_naming_the_rewarder():
+    import threading
+
+    release = threading.Event()
+
+    class Hangs:
+        def score(self, prompts, completions, metadata):
+            release.wait()
+            return [1.0] * len(completions)
+
+    try:
+        with pytest.raises(RewardError, match=r"rewarder 'slow' did not return within "
+                                              r"reward.timeout_s=0.2 s"):
+            score_checked(Hangs(), "slow", ["p"], ["x"], [{}], timeout_s=0.2)
+    finally:
+        release.set()
+    assert score_checked(Hangs(), "slow", ["p"], ["x"], [{}], timeout_s=5) == [1.0]
+
+
+def test_errors_inside_a_timed_call_keep_their_message():
+    with pytest.raises(RewardError, match="rewarder 'mine' raised ValueError: boom"):
+        score_checked(Returns(ValueError("boom")), "mine", ["p"], ["x"], [{}], timeout_s=5)

@@ -1,5 +1,6 @@
 """A user plug-in for the tests: `flaky_rewards:FlakyRewarder` misbehaves on one call."""
 import math
+import time
 from pathlib import Path
 
 from rewarders.letters import LettersRewarder
@@ -7,7 +8,7 @@ from rewarders.letters import LettersRewarder
 
 class FlakyRewarder(LettersRewarder):
     """Scores like `letters`, but call number `bad_call` (counted across processes in
-    `counter_file`) raises, returns NaN or returns too few scores, per `mode`."""
+    `counter_file`) raises, returns NaN, returns too few scores or hangs, per `mode`."""
 
     def __init__(self, counter_file: str, bad_call: int = 2, mode: str = "raise"):
         super().__init__()
@@ -22,6 +23,8 @@ class FlakyRewarder(LettersRewarder):
             return scores
         if self.mode == "raise":
             raise ConnectionError("reward server went away")
+        if self.mode == "hang":  # a reward server that never answers
+            time.sleep(3600)
         if self.mode == "nan":
             return [math.nan] + scores[1:]
         return scores[:-1]
