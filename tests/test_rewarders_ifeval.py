@@ -12,12 +12,19 @@ from rewarders.ifeval import IFBenchRewarder, IFEvalRewarder, MissingResource
 END = "Is there anything else I can help with?"
 
 
-def test_punkt_tab_is_written_from_pypi_data_and_downloads_are_off(tmp_path, monkeypatch):
+@pytest.fixture
+def fresh_nltk_cache(tmp_path, monkeypatch):
+    """An empty SELFPLAY_CACHE; NLTK's path and download function are restored afterwards."""
     monkeypatch.setenv("SELFPLAY_CACHE", str(tmp_path))
     monkeypatch.delenv("NLTK_DATA", raising=False)
     monkeypatch.setattr(nltk_data, "_ready", False)
     monkeypatch.setattr(nltk.data, "path", list(nltk.data.path))
     monkeypatch.setattr(nltk, "download", nltk.download)
+    return tmp_path
+
+
+def test_punkt_tab_is_written_from_pypi_data_and_downloads_are_off(fresh_nltk_cache):
+    tmp_path = fresh_nltk_cache
 
     root = nltk_data.ensure_nltk_data()
 
@@ -37,18 +44,13 @@ def test_punkt_tab_is_written_from_pypi_data_and_downloads_are_off(tmp_path, mon
     assert not (root / "corpora").exists()
 
 
-def test_punkt_tab_is_not_rewritten_when_present(tmp_path, monkeypatch):
-    monkeypatch.setenv("SELFPLAY_CACHE", str(tmp_path))
-    monkeypatch.delenv("NLTK_DATA", raising=False)
-    monkeypatch.setattr(nltk_data, "_ready", False)
-    monkeypatch.setattr(nltk.data, "path", list(nltk.data.path))
-    monkeypatch.setattr(nltk, "download", nltk.download)
+def test_punkt_tab_is_not_rewritten_when_present(fresh_nltk_cache, monkeypatch):
     nltk_data.ensure_nltk_data()
     monkeypatch.setattr(nltk_data, "_ready", False)
     monkeypatch.setattr(nltk_data, "_write_punkt_tab",
                         lambda target: pytest.fail("punkt_tab written twice"))
     nltk_data.ensure_nltk_data()
-    assert nltk.data.path.count(str(tmp_path / "nltk_data")) == 1
+    assert nltk.data.path.count(str(fresh_nltk_cache / "nltk_data")) == 1
 
 
 @pytest.fixture(scope="module")
