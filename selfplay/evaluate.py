@@ -31,6 +31,7 @@ class ModelScore:
     model: str
     prompt_scores: list[float]      # mean reward of each prompt's samples
     prompt_all: list[float]         # share of each prompt's samples with reward 1.0
+    answers: list[str] = field(default_factory=list)  # each prompt's first answer, to read
     generated_tokens: int = 0
     seconds: float = 0.0
     summary: dict = field(default_factory=dict)
@@ -165,6 +166,7 @@ def evaluate(models: list[str], prompts: str, *, reward: str = "ifeval",
         score = ModelScore(
             model=spec, prompt_scores=[statistics.fmean(s) for s in per_prompt],
             prompt_all=[statistics.fmean(float(v >= 1.0) for v in s) for s in per_prompt],
+            answers=[r.completions[0].text for r in rollouts],
             generated_tokens=sum(len(c.token_ids) for r in rollouts for c in r.completions),
             seconds=seconds)
         score.summary = summarise(score)
