@@ -233,3 +233,18 @@ def test_adaptive_gamma_trajectory_survives_a_resume(tmp_path):
 
     assert trajectory(straight) == trajectory(split)
     assert len({gamma for gamma, _, _ in trajectory(straight)}) > 1  # γ actually moved
+
+
+@pytest.mark.slow
+def test_self_rewarding_judge_scores_with_the_policy_engine(tmp_path):
+    # `judge` without a model of its own can only score through the engine the loop binds to
+    # it; unbound, its first call fails ("no model to judge with").
+    run_dir = tmp_path / "run"
+    result = run_cli("run", TINY_RECIPE, "-o", run_dir, "--no-progress", "rollout.engine=hf",
+                     "loop.iterations=1", "data.prompts_per_iteration=8", "reward.name=judge",
+                     "reward.kwargs={template: 'rate {completion} 1-9:', max_new_tokens: 3, "
+                     "min_score: 0, max_score: 9}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rollouts = [json.loads(line) for line in (run_dir / "rollouts" / "iter-0001.jsonl").open()]
+    scores = [score for row in rollouts for score in row["rewards"]]
+    assert len(scores) == 32 and all(0.0 <= s <= 1.0 for s in scores)
