@@ -136,3 +136,20 @@ def score_checked(rewarder: Rewarder, name: str, prompts: list[str], completions
             raise RewardError(f"rewarder {name!r} returned {value} for item {index} "
                               f"(completion {completions[index][:60]!r})")
     return scores
+
+
+def rewarder_metrics(rewarder: Rewarder, name: str) -> dict[str, float]:
+    """The optional `metrics()` of a rewarder (numbers about its last call), as `reward_<key>`.
+
+    e.g. `judge` reports how many replies it could not parse, `ifeval` the share of answers
+    that followed every instruction; they land in metrics.jsonl and the logging sinks.
+    """
+    method = getattr(rewarder, "metrics", None)
+    if not callable(method):
+        return {}
+    try:
+        values = method() or {}
+        return {f"reward_{key}": float(value) for key, value in values.items()}
+    except Exception as error:
+        raise RewardError(f"rewarder {name!r}: metrics() failed: {type(error).__name__}: "
+                          f"{error}") from error

@@ -40,6 +40,7 @@ class CombinedRewarder:
                                weight))
         # Two parts with one name (two http servers) need telling apart in an error.
         repeated = {name for name, count in Counter(names).items() if count > 1}
+        self._last_means: dict[str, float] = {}
         self.parts = [(f"{label}#{index}" if label in repeated else label, rewarder, weight)
                       for index, (label, rewarder, weight) in enumerate(self.parts)]
 
@@ -48,9 +49,20 @@ class CombinedRewarder:
             if callable(getattr(rewarder, "bind_policy", None)):
                 rewarder.bind_policy(engine)
 
+    def metrics(self) -> dict[str, float]:
+        """Each part's mean (unweighted) score in the last call, plus the parts' own metrics."""
+        out = dict(self._last_means)
+        for label, rewarder, _ in self.parts:
+            part = getattr(rewarder, "metrics", None)
+            out.update({f"{label}_{key}": value for key, value in
+                        ((part() or {}) if callable(part) else {}).items()})
+        return out
+
     def score(self, prompts, completions, metadata):
         totals = [0.0] * len(completions)
+        self._last_means = {}
         for label, rewarder, weight in self.parts:
             scores = score_checked(rewarder, label, prompts, completions, metadata)
             totals = [total + weight * value for total, value in zip(totals, scores)]
+            self._last_means[f"{label}_mean"] = sum(scores) / len(scores) if scores else 0.0
         return totals

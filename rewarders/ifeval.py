@@ -93,6 +93,7 @@ class IFEvalRewarder:
         self.ids_field, self.kwargs_field = ids_field, kwargs_field
         self.checker = InstructionChecker(self.benchmark)
         self._probed: dict[str, str | None] = {}
+        self._last_all: list[bool] = []
 
     def follows(self, prompt: str, completion: str, row: dict) -> list[bool]:
         if self.ids_field not in row:
@@ -117,10 +118,16 @@ class IFEvalRewarder:
                 return self._probed[instruction_id]
         return None
 
+    def metrics(self) -> dict[str, float]:
+        """Share of the last call's answers that followed every instruction."""
+        return ({"all_followed": sum(self._last_all) / len(self._last_all)}
+                if self._last_all else {})
+
     def score(self, prompts, completions, metadata):
-        scores = []
+        scores, self._last_all = [], []
         for prompt, completion, row in zip(prompts, completions, metadata):
             followed = self.follows(prompt, completion, row)
+            self._last_all.append(bool(followed) and all(followed))
             if not followed:
                 scores.append(0.0)
             elif self.all_or_nothing:

@@ -78,6 +78,10 @@ class JudgeRewarder:
                                        max_model_len=max_model_len, kv_cache_gb=kv_cache_gb)
         self.owns_engine = self.engine is not None
 
+    def metrics(self) -> dict[str, float]:
+        """Replies of the last call that gave no score in range (they scored `fallback`)."""
+        return {"judge_unparsed": self.last_unparsed}
+
     def bind_policy(self, engine) -> None:
         """Judge with the policy's rollout engine, unless a separate judge `model` was given."""
         if not self.owns_engine:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rewarders.base import load_rewarder, score_checked
+from rewarders.base import load_rewarder, rewarder_metrics, score_checked
 from selfplay import checkpoint, recipe as recipe_mod
 from selfplay.control import GammaController, build_controller
 from selfplay.data import PromptStream, format_prompt, load_prompt_table, to_prompt_rows
@@ -237,6 +237,7 @@ class Loop:
             "time_generate_s": time_generate,
             "time_reward_s": time_reward,
             "gen_tokens_per_s": gen_tokens / time_generate if time_generate > 0 else None,
+            **rewarder_metrics(self.rewarder, recipe.reward.name),
         }
 
     def _offline_pairs(self, raw_rows: list[dict]) -> tuple[list, PairStats, dict]:

@@ -248,3 +248,5 @@ def test_self_rewarding_judge_scores_with_the_policy_engine(tmp_path):
     rollouts = [json.loads(line) for line in (run_dir / "rollouts" / "iter-0001.jsonl").open()]
     scores = [score for row in rollouts for score in row["rewards"]]
     assert len(scores) == 32 and all(0.0 <= s <= 1.0 for s in scores)
+    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0 <= record["reward_judge_unparsed"] <= 32  # the judge's own metric reaches the log

@@ -71,3 +71,19 @@ def test_a_scoring_call_past_its_timeout_is_an_error_naming_the_rewarder():
 def test_errors_inside_a_timed_call_keep_their_message():
     with pytest.raises(RewardError, match="rewarder 'mine' raised ValueError: boom"):
         score_checked(Returns(ValueError("boom")), "mine", ["p"], ["x"], [{}], timeout_s=5)
+
+
+def test_rewarder_metrics_are_prefixed_numbers_and_a_failing_one_is_named():
+    from rewarders.base import rewarder_metrics
+
+    class Reports(Returns):
+        def metrics(self):
+            if isinstance(self.value, Exception):
+                raise self.value
+            return {"unparsed": 2, "share": 0.5}
+
+    assert rewarder_metrics(Reports([1.0]), "mine") == {"reward_unparsed": 2.0,
+                                                        "reward_share": 0.5}
+    assert rewarder_metrics(Returns([1.0]), "mine") == {}
+    with pytest.raises(RewardError, match="rewarder 'mine': metrics\\(\\) failed: KeyError"):
+        rewarder_metrics(Reports(KeyError("x")), "mine")

@@ -50,6 +50,8 @@ def test_combine_is_weighted_sum_of_verifier_and_length_penalty():
                            [{"letters": "ab"}] * 3)
     # letters: 1, 0.5, 1; length penalty: 0, -0.5, -1 (halved by the weight)
     assert scores == [1.0, 0.25, 0.5]
+    assert combined.metrics() == {"letters_mean": pytest.approx(2.5 / 3),
+                                  "length_penalty_mean": -0.5}
 
 
 @pytest.mark.parametrize("part, message", [

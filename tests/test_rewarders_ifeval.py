@@ -202,3 +202,11 @@ def test_every_ifbench_test_row_is_scored_or_skipped_with_a_reason(ifbench):
         "checker 'ratio:stop_words' cannot run offline: Resource 'stopwords' not found.",
         "checker 'words:start_verb' cannot run offline: "
         "Resource 'averaged_perceptron_tagger_eng' not found."]
+
+
+def test_ifeval_metrics_report_the_share_of_answers_following_everything(strict):
+    row = {"instruction_id_list": ["punctuation:no_comma", "change_case:english_lowercase"],
+           "kwargs": [{}, {}]}
+    strict.score(["p"] * 3, ["this is a plain english sentence about the weather today",
+                             "Not lower", "a, b"], [row] * 3)
+    assert strict.metrics() == {"all_followed": pytest.approx(1 / 3)}

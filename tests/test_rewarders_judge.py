@@ -48,7 +48,7 @@ def test_scores_are_normalised_and_unparsed_replies_fall_back():
     judge = judge_with(engine, fallback=-1.0, seed=7)
     scores = judge.score(["p"] * 4, ["a", "b", "c", "d"], [{}] * 4)
     assert scores == [1.0, 0.0, -1.0, pytest.approx(3 / 9)]
-    assert judge.last_unparsed == 1
+    assert judge.last_unparsed == 1 and judge.metrics() == {"judge_unparsed": 1}
     judge.score(["p"], ["a"], [{}])
     assert (judge.unparsed, judge.last_unparsed) == (1, 0)
     _, sampling, seed = engine.calls[0]
