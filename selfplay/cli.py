@@ -15,6 +15,8 @@ Examples:
   selfplay run recipes/tiny.yaml --output-dir runs/tiny --resume loop.iterations=20
   selfplay status runs/tiny
   selfplay report runs/tiny
+  selfplay eval builtin:smollm2-135m-instruct runs/quickstart --prompts FILE.jsonl
+  selfplay rewarders
 """
 
 
