@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rewarders.base import RewardError, load_rewarder, score_checked
+from rewarders.base import load_rewarder, score_checked
 from selfplay.data import load_prompt_table, to_prompt_rows
 from selfplay.rollout.base import SamplingConfig, build_engine
 
@@ -198,6 +198,3 @@ def format_report(report: dict) -> str:
 
 def save_report(report: dict, path: str | Path) -> None:
     Path(path).write_text(json.dumps(report, indent=1) + "\n")
-
-
-__all__ = ["evaluate", "format_report", "save_report", "EvalError", "RewardError"]
