@@ -65,7 +65,7 @@ def model_flops(config: dict, batch_tokens: int, completion_tokens: int, seq_len
 
 def make_pairs(pairs: int, tokens: int, vocab: int):
     import random
-    from selfplay.pairs import Completion, Pair
+    from selfplay.types import Completion, Pair
     rng = random.Random(0)
     prompt_len = tokens // 3
     out = []

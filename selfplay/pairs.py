@@ -3,21 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-@dataclass
-class Completion:
-    text: str
-    token_ids: list[int]
-
-
-@dataclass
-class Pair:
-    prompt_index: int
-    prompt_ids: list[int]
-    chosen: Completion
-    rejected: Completion
-    chosen_reward: float
-    rejected_reward: float
+from selfplay.types import Completion, Pair
 
 
 @dataclass

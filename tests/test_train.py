@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from selfplay.pairs import Completion, Pair
+from selfplay.types import Completion, Pair
 from selfplay.recipe import TrainConfig
 from selfplay.train.logps import CompletionLogps, pad_batch
 from selfplay.train.trainer import Trainer

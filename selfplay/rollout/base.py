@@ -2,24 +2,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Iterable
 
-from selfplay.pairs import Completion
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    n: int
-    max_new_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-
-
-@dataclass
-class Rollout:
-    prompt_ids: list[int]
-    completions: list[Completion]
+from selfplay.types import Rollout, SamplingConfig
 
 
 class RolloutEngine(ABC):

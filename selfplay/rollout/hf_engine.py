@@ -9,8 +9,8 @@ from typing import Iterable
 
 import torch
 
-from selfplay.pairs import Completion
-from selfplay.rollout.base import Rollout, RolloutEngine, SamplingConfig
+from selfplay.rollout.base import RolloutEngine
+from selfplay.types import Completion, Rollout, SamplingConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

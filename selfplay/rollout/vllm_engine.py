@@ -13,8 +13,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from selfplay.pairs import Completion
-from selfplay.rollout.base import Rollout, RolloutEngine, SamplingConfig
+from selfplay.rollout.base import RolloutEngine
+from selfplay.types import Completion, Rollout, SamplingConfig
 
 
 def _cpu_environment(kv_cache_gb: float) -> None:

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from selfplay.losses import get_loss
-from selfplay.pairs import Pair
+from selfplay.types import Pair
 from selfplay.recipe import TrainConfig
 from selfplay.train.logps import CompletionLogps, pad_batch
 
