@@ -1,6 +1,8 @@
 """The reward plug-in interface and how a recipe's `reward.name` becomes a rewarder."""
 from __future__ import annotations
 
+from selfplay.errors import UserError
+
 import importlib
 import math
 import threading
@@ -16,7 +18,7 @@ class Rewarder(Protocol):
               metadata: list[dict]) -> list[float]: ...
 
 
-class RewardError(RuntimeError):
+class RewardError(UserError, RuntimeError):
     """A rewarder failed; the message names it and the first bad item."""
 
 

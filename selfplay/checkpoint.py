@@ -6,6 +6,8 @@ missing or does not match its files (a kill or a full disk mid-write) is skipped
 """
 from __future__ import annotations
 
+from selfplay.errors import UserError
+
 import errno
 import json
 import os
@@ -17,7 +19,7 @@ from typing import Callable
 MANIFEST = "COMPLETE.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     pass
 
 

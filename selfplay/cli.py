@@ -74,10 +74,10 @@ def run(recipe, overrides, output_dir, resume, overwrite, no_progress):
         run_loop(loaded, run_dir, resume=resume, overwrite=overwrite,
                  progress=not no_progress, echo=click.echo)
     if failed:
-        resumable = (run_dir / "recipe.yaml").exists() and not failed[0].startswith(
-            ("output directory", "--resume"))
-        _fail(f"{failed[0]} [{run_dir} is intact: fix this, then run again with --resume]"
-              if resumable else failed[0])
+        error = failed[0]
+        resumable = error.resumable and (run_dir / "recipe.yaml").exists()
+        _fail(f"{error.one_line()} [{run_dir} is intact: fix this, then run again with --resume]"
+              if resumable else error.one_line())
 
 
 @main.command()
@@ -212,7 +212,7 @@ def eval_(models, prompts, reward, reward_kwargs, samples, temperature, max_new_
                           max_new_tokens=max_new_tokens, max_model_len=max_model_len,
                           limit=limit, engine=engine, seed=seed, echo=click.echo)
     if failed:
-        _fail(failed[0])
+        _fail(failed[0].one_line())
     click.echo(format_report(report))
     if out:
         save_report(report, out)

@@ -5,13 +5,15 @@ exactly the prompts an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
+from selfplay.errors import UserError
+
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The prompt source cannot be used; the message names the file and the problem."""
 
 

@@ -1,27 +1,41 @@
-"""Turns the errors a user can fix into one line each; anything else keeps its traceback."""
+"""Errors a user can fix. The CLI prints them as one line; anything else keeps its traceback.
+
+Every module raises its own subclass of `UserError`, so this module imports none of them and the
+CLI never parses an error's text: whether a run directory can be resumed after the error is the
+error's own `resumable` flag.
+"""
 from __future__ import annotations
 
 import contextlib
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    from rewarders.base import RewardError
-    from selfplay.checkpoint import CheckpointError
-    from selfplay.data import DataError
-    from selfplay.evaluate import EvalError
-    from selfplay.loop import RunError
-    from selfplay.models import ModelError
-    from selfplay.recipe import RecipeError
-    return (RunError, RecipeError, DataError, RewardError, CheckpointError, EvalError, ModelError)
+class UserError(Exception):
+    """A problem with the user's input or environment, printed as one line.
+
+    `resumable`: the run directory is intact and `--resume` continues it once the problem is
+    fixed (true for failures during a run; false for problems found before a run starts, such
+    as a bad recipe or an existing output directory).
+    """
+
+    resumable: bool = True
+
+    def __init__(self, message: str, *, resumable: bool | None = None):
+        super().__init__(message)
+        if resumable is not None:
+            self.resumable = resumable
+
+    def one_line(self) -> str:
+        return " ".join(str(self).split())
 
 
 @contextlib.contextmanager
 def user_errors():
-    """Yields a list that receives the one-line message of a user-fixable error, if one occurs."""
-    failed: list[str] = []
+    """Yields a list that receives the `UserError` raised inside, if one is; Ctrl-C becomes one
+    too (resumable: the newest checkpoint is intact)."""
+    failed: list[UserError] = []
     try:
         yield failed
-    except user_error_types() as error:
-        failed.append(" ".join(str(error).split("\n")))
+    except UserError as error:
+        failed.append(error)
     except KeyboardInterrupt:
-        failed.append("interrupted")
+        failed.append(UserError("interrupted"))

@@ -6,6 +6,8 @@ of each model with the first is a paired difference with its own confidence inte
 """
 from __future__ import annotations
 
+from selfplay.errors import UserError
+
 import json
 import math
 import statistics
@@ -22,7 +24,7 @@ NAMED_PROMPT_SETS = {"ifbench": ("ifbench", "data/IFBench_test.jsonl")}
 Z95 = 1.959964
 
 
-class EvalError(ValueError):
+class EvalError(UserError, ValueError):
     """Bad evaluation input; the message names it."""
 
 

@@ -6,6 +6,8 @@ cursor), so a run killed at any point and resumed ends with the same weights.
 """
 from __future__ import annotations
 
+from selfplay.errors import UserError
+
 import json
 import random
 import shutil
@@ -24,9 +26,10 @@ from selfplay.data import PromptStream, format_prompt, load_prompt_table, to_pro
 from selfplay.metrics import MetricsLog, build_sinks, peak_rss_mb, rss_mb
 from selfplay.pairs import Completion, Pair, PairStats, best_worst_pairs
 from selfplay.recipe import RESUMABLE_CHANGES, Recipe
+from selfplay.seeding import eval_seed, iteration_seed
 
 
-class RunError(RuntimeError):
+class RunError(UserError, RuntimeError):
     """A problem the user can fix; the CLI prints it as one line."""
 
 
@@ -64,28 +67,26 @@ def _share_below(margins: list[float], gammas: list[float]) -> float | None:
     return sum(m < g for m, g in zip(margins, gammas)) / len(margins)
 
 
-def _iteration_seed(seed: int, iteration: int) -> int:
-    return seed * 1_000_003 + iteration
-
-
 def prepare_run_dir(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     """Creates or checks the run directory; never replaces a run unless `overwrite`."""
     saved = run_dir / "recipe.yaml"
     if resume:
         if not saved.exists():
             raise RunError(f"--resume: {run_dir} holds no run (no recipe.yaml); start it without "
-                           "--resume")
+                           "--resume", resumable=False)
         previous = recipe_mod.load(saved)
         changed = [f for f in recipe_mod.diff(previous, recipe)
                    if not any(f == allowed or (allowed.endswith(".") and f.startswith(allowed))
                               for allowed in RESUMABLE_CHANGES)]
         if changed:
             raise RunError(f"--resume: the recipe differs from the run's in {', '.join(changed)}; "
-                           f"only {', '.join(RESUMABLE_CHANGES)} may change on resume")
+                           f"only {', '.join(RESUMABLE_CHANGES)} may change on resume",
+                           resumable=False)
     elif run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise RunError(f"output directory {run_dir} already exists; use --resume to continue "
-                           "it, --overwrite to replace it, or choose another --output-dir")
+                           "it, --overwrite to replace it, or choose another --output-dir",
+                           resumable=False)
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     recipe_mod.save(recipe, saved)
@@ -207,7 +208,7 @@ class Loop:
         t0 = time.perf_counter()
         try:
             rollouts = self.engine.generate([r.text for r in rows], self.sampling,
-                                            seed=_iteration_seed(recipe.loop.seed, iteration),
+                                            seed=iteration_seed(recipe.loop.seed, iteration),
                                             progress=self.progress)
         except ValueError as error:  # e.g. a prompt longer than the engine accepts
             raise RunError(f"rollout: {str(error).splitlines()[0]} (see rollout.max_model_len)"
@@ -336,8 +337,7 @@ class Loop:
                                   temperature=self.recipe.eval.temperature,
                                   top_p=self.sampling.top_p)
         rollouts = self.engine.generate([r.text for r in self.eval_rows], sampling,
-                                        seed=_iteration_seed(self.recipe.loop.seed, iteration)
-                                        + 500_009)
+                                        seed=eval_seed(self.recipe.loop.seed, iteration))
         scores = score_checked(self.rewarder, self.recipe.reward.name,
                                [r.raw for r in self.eval_rows for _ in range(n)],
                                [c.text for r in rollouts for c in r.completions],

@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+from selfplay.errors import UserError
+
 import importlib.util
 import os
 import shutil
@@ -18,7 +20,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILTIN_MODELS = ("tiny", SMOLLM2)
 
 
-class ModelError(RuntimeError):
+class ModelError(UserError, RuntimeError):
     """A model path that cannot be resolved; the message says what to install or fix."""
 
 

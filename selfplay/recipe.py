@@ -5,6 +5,8 @@ field. Loading a recipe loads no model and starts nothing, so `selfplay validate
 """
 from __future__ import annotations
 
+from selfplay.errors import UserError
+
 import importlib.util
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -13,8 +15,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """A recipe that cannot be used; `problems` holds one line per problem, each naming the field."""
+
+    resumable = False
 
     def __init__(self, problems: list[str]):
         self.problems = problems

@@ -5,6 +5,8 @@ skipped; a plot with nothing to draw is not written.
 """
 from __future__ import annotations
 
+from selfplay.errors import UserError
+
 import math
 import textwrap
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ PHASE_COLORS = {"generate": "tab:blue", "reward": "tab:orange", "train": "tab:gr
                 "other": "tab:gray"}
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """A run directory without usable metrics; the CLI prints it as one line."""
 
 

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from selfplay.losses import get_loss
+from selfplay.seeding import epoch_seed
 from selfplay.types import Pair
 from selfplay.recipe import TrainConfig
 from selfplay.train.logps import CompletionLogps, pad_batch
@@ -149,8 +150,7 @@ class Trainer:
         bar = tqdm(total=micro_batches, desc=f"train iter {iteration}", leave=False,
                    disable=not progress, unit="batch")
         for epoch in range(self.config.epochs_per_iteration):
-            generator = torch.Generator().manual_seed(
-                (self.seed * 1_000_003 + iteration) * 1_009 + epoch)
+            generator = torch.Generator().manual_seed(epoch_seed(self.seed, iteration, epoch))
             order = torch.randperm(len(pairs), generator=generator).tolist()
             for window_start in range(0, len(order), window):
                 window_ids = order[window_start:window_start + window]
