@@ -6,7 +6,6 @@ serves, so the interface carries over to engines in other processes.
 """
 from __future__ import annotations
 
-import os
 import random
 from typing import Iterable
 
@@ -14,23 +13,14 @@ import numpy as np
 import torch
 
 from selfplay.rollout.base import RolloutEngine
+from selfplay.runtime import vllm_cpu_environment
 from selfplay.types import Completion, Rollout, SamplingConfig
-
-
-def _cpu_environment(kv_cache_gb: float) -> None:
-    cores = os.cpu_count() or 1
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gb))))
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cores - 1}")
-    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
 
 class VLLMEngine(RolloutEngine):
     def __init__(self, model_dir: str, *, dtype: str, seed: int, max_model_len: int,
                  kv_cache_gb: float = 1.0):
-        _cpu_environment(kv_cache_gb)
+        vllm_cpu_environment(kv_cache_gb)
         from vllm import LLM
 
         # Starting the engine re-seeds the global RNGs and disables torch.set_num_threads for
