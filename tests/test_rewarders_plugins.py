@@ -12,6 +12,7 @@ ENTRY_POINTS = """\
 fake_length = fake_rewards:FakeLength
 letters = fake_rewards:FakeLength
 broken = fake_rewards:Missing
+crashing = crashing_rewards:Scorer
 """
 
 MODULE = '''\
@@ -34,6 +35,7 @@ def fake_distribution(tmp_path, monkeypatch):
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-pkg\nVersion: 0.1\n")
     (dist_info / "entry_points.txt").write_text(ENTRY_POINTS)
     (tmp_path / "fake_rewards.py").write_text(MODULE)
+    (tmp_path / "crashing_rewards.py").write_text("raise RuntimeError('no API key set')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
     yield
@@ -55,12 +57,18 @@ def test_plugin_loads_by_short_name_and_builtins_win(fake_distribution):
         load_rewarder("broken")
 
 
+def test_plugin_module_that_fails_to_import_is_one_error(fake_distribution):
+    with pytest.raises(RewardError, match="cannot import 'crashing_rewards:Scorer': importing "
+                                          "'crashing_rewards' raised RuntimeError: no API key set"):
+        rewarder_class("crashing")
+
+
 def test_unknown_name_lists_builtins_and_plugins(fake_distribution):
     with pytest.raises(RewardError) as caught:
         load_rewarder("nope")
     message = str(caught.value)
     assert "unknown rewarder 'nope'; built-ins: combine, http," in message
-    assert "installed plug-ins: broken, fake_length;" in message
+    assert "installed plug-ins: broken, crashing, fake_length;" in message
     assert "package.module:ClassName" in message
 
 
