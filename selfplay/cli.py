@@ -84,22 +84,14 @@ def run(recipe, overrides, output_dir, resume, overwrite, no_progress):
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 def validate(recipe, overrides):
-    """Check RECIPE (with OVERRIDES) without loading a model; exit 2 naming each bad field."""
-    from selfplay.recipe import save
+    """Check RECIPE (with OVERRIDES) without loading a model; exit 2 naming each bad field.
 
-    loaded = _load_recipe(recipe, overrides)
-    problems = []
-    if not Path(loaded.data.prompts).exists():
-        problems.append(f"data.prompts: file not found: {loaded.data.prompts}")
-    if loaded.eval.prompts and not Path(loaded.eval.prompts).exists():
-        problems.append(f"eval.prompts: file not found: {loaded.eval.prompts}")
-    if loaded.model.path.startswith("builtin:"):
-        from selfplay.models import BUILTIN_MODELS
-        if loaded.model.path.split(":", 1)[1] not in BUILTIN_MODELS:
-            problems.append(f"model.path: unknown built-in model {loaded.model.path!r} (built-ins: "
-                            + ", ".join("builtin:" + name for name in BUILTIN_MODELS) + ")")
-    elif not (Path(loaded.model.path) / "config.json").exists():
-        problems.append(f"model.path: no Hugging Face model directory at {loaded.model.path}")
+    Besides the fields: the prompt files exist and parse, with their columns; the model path is
+    a built-in or a model directory; the rewarder's module imports and has its class.
+    """
+    from selfplay.checks import check_inputs
+
+    problems = check_inputs(_load_recipe(recipe, overrides))
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
     if problems:

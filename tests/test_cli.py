@@ -63,6 +63,63 @@ def test_run_bad_input_is_one_line(tmp_path, overrides, message):
     assert_one_line_error(result, message, 1)
 
 
+def write_prompt_file(tmp_path, content: bytes):
+    path = tmp_path / "prompts.jsonl"
+    path.write_bytes(content)
+    return path
+
+
+LONG_PROMPT = "echo the letters " + "a b c d " * 40  # > 128 tokens: the tiny model reads characters
+
+# A new user's bad inputs (issue 10, section 5): each ends in one line naming the file, row or
+# field, and what to do.
+BAD_PROMPT_FILES = {
+    "corrupt_line": (b'{"prompt": "abc"}\n{"prompt": "abd"\n',
+                     "line 2 of {path} is not valid JSON"),
+    "empty_file": (b"", "{path} is empty"),
+    "not_utf8": (b'{"prompt": "caf\xe9"}\n', "{path} is not UTF-8 text (line 1"),
+    "numbers": (b'{"prompt": 1}\n{"prompt": 2}\n', "line 1 of {path}: 'prompt' is 1"),
+    # Needs loop.py to call data.check_prompt_lengths before any generation (issue 10 §5):
+    # until it does, the engine's own error names no row.
+    "prompt_too_long": (("".join(json.dumps({"prompt": p, "letters": "abcd"}) + "\n"
+                                 for p in ("abcd", LONG_PROMPT, "abcd"))).encode(),
+                        "{path}: row 2 is "),
+}
+
+
+@pytest.mark.parametrize("case", BAD_PROMPT_FILES)
+def test_run_with_a_bad_prompt_file_is_one_line_naming_it(tmp_path, case):
+    content, message = BAD_PROMPT_FILES[case]
+    path = write_prompt_file(tmp_path, content)
+    result = run_cli("run", TINY_RECIPE, "-o", tmp_path / "run", "rollout.engine=hf",
+                     f"data.prompts={path}", "eval.prompts=null", "loop.iterations=1",
+                     "data.prompts_per_iteration=3", "--no-progress")
+    assert_one_line_error(result, message.format(path=path), 1)
+    if case == "prompt_too_long":
+        assert "rollout.max_model_len" in result.stderr
+
+
+@pytest.mark.parametrize("name, message", [
+    ("no_such_package.rewards:Scorer",
+     "cannot import 'no_such_package.rewards:Scorer': no module named 'no_such_package'"),
+    ("rewarders.letters:NoSuchClass", "cannot import 'rewarders.letters:NoSuchClass': module "
+     "'rewarders.letters' has no 'NoSuchClass' (its classes: LettersRewarder)"),
+])
+def test_run_with_a_rewarder_that_does_not_exist_is_one_line(tmp_path, name, message):
+    result = run_cli("run", TINY_RECIPE, "-o", tmp_path / "run", "rollout.engine=hf",
+                     f"reward.name={name}")
+    assert_one_line_error(result, f"reward.name: {message}", 1)
+
+
+def test_validate_reads_the_prompt_files_and_imports_the_rewarder(tmp_path):
+    empty = write_prompt_file(tmp_path, b"")
+    result = run_cli("validate", TINY_RECIPE, f"eval.prompts={empty}", "mode=offline",
+                     "reward.name=rewarders.letters:Nope", "model.path=builtin:nope")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert [line.split(":")[1].strip() for line in error_lines(result)] == [
+        "data.chosen_field", "eval.prompts", "model.path", "reward.name"], result.stderr
+
+
 def test_existing_output_dir_is_never_overwritten_and_resume_needs_a_run(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
