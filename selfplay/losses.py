@@ -25,7 +25,7 @@ the γ filter (``M < γ``); DPO and IPO filter nothing, so their ``active`` is a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 __all__ = [
     "LossOutput",
     "LossSpec",
+    "active_fraction",
     "available_losses",
     "get_loss",
     "needs_beta",
@@ -127,6 +128,16 @@ def needs_reference(name: str) -> bool:
 def needs_beta(name: str) -> bool:
     """True when the loss has a β (the registry supplies a default when the caller passes None)."""
     return get_loss(name).default_beta is not None
+
+
+def active_fraction(margins: Sequence[float], gammas: Sequence[float]) -> float | None:
+    """Share of pairs whose margin is below their γ (the pairs RePO still trains on); None for no
+    pairs. The one home of this statistic: the metrics and the γ controllers read it from here."""
+    if len(margins) != len(gammas):
+        raise ValueError(f"{len(margins)} margins but {len(gammas)} gammas")
+    if not margins:
+        return None
+    return sum(m < g for m, g in zip(margins, gammas)) / len(margins)
 
 
 def _gamma(gamma, chosen: torch.Tensor) -> float | torch.Tensor:

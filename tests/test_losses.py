@@ -268,3 +268,19 @@ def test_per_pair_gamma_filters_each_pair_against_its_own_cutoff():
     assert out.active.tolist() == [False, True, False]
     with pytest.raises(ValueError, match="per-pair gamma has shape"):
         get_loss("repo")(chosen, rejected, gamma=[0.1, 0.2])
+
+
+# ---- the active fraction ----
+
+def test_active_fraction_is_the_share_of_pairs_below_their_gamma():
+    # 0.1 < 0.5 and 0.2 < 0.3 are active; 0.5 is not below 0.5; 0.9 is not below 0.3.
+    assert losses.active_fraction([0.1, 0.5, 0.2, 0.9], [0.5, 0.5, 0.3, 0.3]) == 0.5
+
+
+def test_active_fraction_of_no_pairs_is_none():
+    assert losses.active_fraction([], []) is None
+
+
+def test_active_fraction_refuses_mismatched_lengths():
+    with pytest.raises(ValueError, match="3 margins but 2 gammas"):
+        losses.active_fraction([0.1, 0.2, 0.3], [0.5, 0.5])

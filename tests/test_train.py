@@ -7,7 +7,7 @@ import torch
 from selfplay.types import Completion, Pair
 from selfplay.recipe import TrainConfig
 from selfplay.train.logps import CompletionLogps, pad_batch
-from selfplay.train.trainer import Trainer
+from selfplay.train.trainer import Trainer, total_optimizer_steps
 
 
 def make_pairs(count, seed=0):
@@ -24,8 +24,8 @@ def make_pairs(count, seed=0):
 def make_trainer(model_dir, **overrides):
     config = TrainConfig(**{"lr": 1e-3, "micro_batch_size": 4, "warmup_ratio": 0.0,
                             "lr_schedule": "constant", **overrides})
-    return Trainer(str(model_dir), config, loss_name="repo", beta=None, seed=0, total_steps=100,
-                   pad_id=0)
+    return Trainer(str(model_dir), config, loss_name="repo", beta=None, seed=0, pad_id=0,
+                   iterations=25, pairs_per_iteration=16)
 
 
 def weights(trainer):
@@ -67,7 +67,7 @@ def test_training_raises_the_margins_of_its_pairs(tiny_model_dir):
         stats = trainer.train(pairs, gamma=0.5, iteration=iteration)
     after = sum(trainer.margins(pairs)) / 8
     assert after > before + 0.3, (before, after)
-    assert stats.steps == 2 and stats.tokens > 0 and 0 <= stats.active_fraction <= 1
+    assert stats.steps == 2 and stats.tokens > 0 and len(stats.margins) == len(stats.gammas) == 8
 
 
 def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir):
@@ -114,3 +114,19 @@ def test_zero_stages_and_bf16_train(tiny_model_dir, stage, precision):
         trainer.train(pairs, gamma=0.5, iteration=iteration)
     assert sum(trainer.margins(pairs)) > before
     assert all(torch.isfinite(t).all() for _, t in trainer.named_weights())
+
+
+def test_total_steps_span_every_window_of_every_epoch_of_the_run():
+    config = TrainConfig(micro_batch_size=2, grad_accum=3, epochs_per_iteration=2)
+    # 13 pairs in windows of 6: 3 optimizer steps per epoch, 2 epochs, 5 iterations.
+    assert total_optimizer_steps(config, iterations=5, pairs_per_iteration=13) == 30
+
+
+def test_trainer_owns_its_schedule_and_reports_its_learning_rate(tiny_model_dir):
+    config = TrainConfig(lr=1e-3, micro_batch_size=2, warmup_ratio=0.0, lr_schedule="linear")
+    trainer = Trainer(str(tiny_model_dir), config, loss_name="repo", beta=None, seed=0, pad_id=0,
+                      iterations=2, pairs_per_iteration=4)
+    assert trainer.total_steps == 4 and trainer.lr == pytest.approx(1e-3)
+    trainer.train(make_pairs(4), gamma=0.5, iteration=1)
+    # Two of four linear-decay steps taken: half the peak rate is left.
+    assert trainer.lr == pytest.approx(0.5e-3)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import socket
-import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -21,6 +20,7 @@ from selfplay.losses import get_loss
 from selfplay.seeding import epoch_seed
 from selfplay.types import Pair
 from selfplay.recipe import TrainConfig
+from selfplay.runtime import choose_accelerator
 from selfplay.train.logps import CompletionLogps, pad_batch
 
 
@@ -32,10 +32,17 @@ class TrainStats:
     loss: float
     margins: list[float]         # per pair, as first seen in this update (before its own step)
     gammas: list[float]          # per pair, the γ its loss used when first seen
-    active_fraction: float       # share of pairs with margin < γ when first seen
     steps: int                   # optimizer steps taken
     tokens: int                  # tokens through forward + backward
-    seconds: float
+
+
+@dataclass
+class _MicroStep:
+    """What one micro-batch's forward/backward reports back to the update."""
+    loss: float                  # the micro-batch's mean loss
+    margins: list[float]         # per pair, before this step
+    gammas: list[float]          # per pair, the γ the loss used
+    tokens: int
 
 
 def _init_single_process_group() -> None:
@@ -56,6 +63,13 @@ def _init_single_process_group() -> None:
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
 
+def total_optimizer_steps(config: TrainConfig, iterations: int, pairs_per_iteration: int) -> int:
+    """Optimizer steps of a whole run: each iteration's pairs in windows of
+    micro_batch_size × grad_accum, `epochs_per_iteration` times (the schedule's length)."""
+    windows = -(-pairs_per_iteration // (config.micro_batch_size * config.grad_accum))
+    return iterations * config.epochs_per_iteration * windows
+
+
 def lr_multiplier(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -68,18 +82,32 @@ def lr_multiplier(step: int, total_steps: int, warmup_steps: int, schedule: str)
 
 
 class Trainer:
+    """Owns the policy, its optimizer and its learning-rate schedule.
+
+    The schedule spans the whole run: `iterations` updates of `pairs_per_iteration` pairs each
+    (`total_steps`). `total_steps=` (the old way of passing it in) is still accepted for now.
+    """
+
     def __init__(self, model_dir: str, config: TrainConfig, *, loss_name: str,
-                 beta: float | None, seed: int, total_steps: int, pad_id: int):
-        os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
+                 beta: float | None, seed: int, pad_id: int, iterations: int | None = None,
+                 pairs_per_iteration: int | None = None, total_steps: int | None = None):
+        choose_accelerator()  # before deepspeed loads: it reads DS_ACCELERATOR once, at import
         import deepspeed
         from transformers import AutoModelForCausalLM
 
+        if total_steps is None:
+            if iterations is None or pairs_per_iteration is None:
+                raise TypeError("Trainer needs iterations= and pairs_per_iteration=")
+            total_steps = total_optimizer_steps(config, iterations, pairs_per_iteration)
+        elif iterations is not None or pairs_per_iteration is not None:
+            raise TypeError("pass iterations= and pairs_per_iteration=, not total_steps=")
         _init_single_process_group()
         self.config = config
         self.loss_fn = get_loss(loss_name)
         self.beta = beta
         self.seed = seed
         self.pad_id = pad_id
+        self.total_steps = total_steps
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         if config.gradient_checkpointing:
             model.gradient_checkpointing_enable(
@@ -104,6 +132,11 @@ class Trainer:
         }
         self.engine, _, _, _ = deepspeed.initialize(
             model=policy, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next optimizer step uses."""
+        return self.engine.get_lr()[0]
 
     # --- log-probs -------------------------------------------------------------------------
     def _batch(self, pairs: list[Pair]) -> dict[str, torch.Tensor]:
@@ -139,8 +172,7 @@ class Trainer:
         `gamma` is one value, or a function from a micro-batch's current margins to one γ or one
         per pair (the per-pair and per-step controllers).
         """
-        started = time.perf_counter()
-        micro, window = self.config.micro_batch_size, self.config.micro_batch_size * self.config.grad_accum
+        micro = self.config.micro_batch_size
         first_margins: list[float | None] = [None] * len(pairs)
         first_gammas: list[float | None] = [None] * len(pairs)
         gamma_fn = gamma if callable(gamma) else (lambda margins: gamma)
@@ -149,39 +181,49 @@ class Trainer:
         micro_batches = self.config.epochs_per_iteration * -(-len(pairs) // micro)
         bar = tqdm(total=micro_batches, desc=f"train iter {iteration}", leave=False,
                    disable=not progress, unit="batch")
+        for epoch, window in self._windows(len(pairs), iteration):
+            for micro_start in range(0, len(window), micro):
+                ids = window[micro_start:micro_start + micro]
+                # Weight by the micro-batch's share of its window so that a short last window
+                # still averages over its own pairs.
+                out = self._micro_step([pairs[i] for i in ids], gamma_fn,
+                                       share=len(ids) / len(window),
+                                       boundary=micro_start + micro >= len(window))
+                losses.append(out.loss * len(ids))
+                tokens += out.tokens
+                bar.update(1)
+                if epoch == 0:
+                    for i, margin, pair_gamma in zip(ids, out.margins, out.gammas):
+                        first_margins[i], first_gammas[i] = margin, pair_gamma
+            steps += 1
+        bar.close()
+        return TrainStats(loss=sum(losses) / (len(pairs) * self.config.epochs_per_iteration),
+                          margins=[float(m) for m in first_margins],
+                          gammas=[float(g) for g in first_gammas], steps=steps, tokens=tokens)
+
+    def _windows(self, count: int, iteration: int) -> Iterator[tuple[int, list[int]]]:
+        """(epoch, pair indices of one optimizer step), in a seeded order per epoch."""
+        window = self.config.micro_batch_size * self.config.grad_accum
         for epoch in range(self.config.epochs_per_iteration):
             generator = torch.Generator().manual_seed(epoch_seed(self.seed, iteration, epoch))
-            order = torch.randperm(len(pairs), generator=generator).tolist()
-            for window_start in range(0, len(order), window):
-                window_ids = order[window_start:window_start + window]
-                for micro_start in range(0, len(window_ids), micro):
-                    ids = window_ids[micro_start:micro_start + micro]
-                    chosen, rejected, n_tokens = self._logps([pairs[i] for i in ids])
-                    chosen, rejected = chosen.float(), rejected.float()
-                    gammas = gamma_fn((chosen - rejected).detach().tolist())
-                    out = self.loss_fn(chosen, rejected, gamma=gammas, beta=self.beta)
-                    # Weight by the micro-batch's share of its window so that a short last window
-                    # still averages over its own pairs.
-                    is_last = micro_start + micro >= len(window_ids)
-                    self.engine.set_gradient_accumulation_boundary(is_last)
-                    self.engine.backward(out.loss * (len(ids) / len(window_ids)),
-                                         scale_wrt_gas=False)
-                    self.engine.step()
-                    losses.append(out.loss.item() * len(ids))
-                    tokens += n_tokens
-                    bar.update(1)
-                    if epoch == 0:
-                        per_pair = gammas if isinstance(gammas, list) else [gammas] * len(ids)
-                        for i, margin, pair_gamma in zip(ids, out.margins.tolist(), per_pair):
-                            first_margins[i], first_gammas[i] = margin, float(pair_gamma)
-                steps += 1
-        bar.close()
-        margins, gammas_used = [float(m) for m in first_margins], [float(g) for g in first_gammas]
-        active = sum(m < g for m, g in zip(margins, gammas_used)) / len(margins)
-        return TrainStats(loss=sum(losses) / (len(pairs) * self.config.epochs_per_iteration),
-                          margins=margins, gammas=gammas_used, active_fraction=active,
-                          steps=steps, tokens=tokens,
-                          seconds=time.perf_counter() - started)
+            order = torch.randperm(count, generator=generator).tolist()
+            for start in range(0, count, window):
+                yield epoch, order[start:start + window]
+
+    def _micro_step(self, pairs: list[Pair], gamma_fn: GammaFn, *, share: float,
+                    boundary: bool) -> _MicroStep:
+        """Forward, loss, backward and (at a window's `boundary`) the optimizer step of one
+        micro-batch; its gradient counts with weight `share` in its window's average."""
+        chosen, rejected, n_tokens = self._logps(pairs)
+        chosen, rejected = chosen.float(), rejected.float()
+        gammas = gamma_fn((chosen - rejected).detach().tolist())
+        out = self.loss_fn(chosen, rejected, gamma=gammas, beta=self.beta)
+        self.engine.set_gradient_accumulation_boundary(boundary)
+        self.engine.backward(out.loss * share, scale_wrt_gas=False)
+        self.engine.step()
+        per_pair = gammas if isinstance(gammas, list) else [gammas] * len(pairs)
+        return _MicroStep(loss=out.loss.item(), margins=out.margins.tolist(),
+                          gammas=[float(g) for g in per_pair], tokens=n_tokens)
 
     # --- weights out -----------------------------------------------------------------------
     @property
