@@ -16,7 +16,7 @@ _ready = False
 
 
 def nltk_data_dir() -> Path:
-    from selfplay.models import cache_dir
+    from selfplay.api import cache_dir
     return cache_dir() / "nltk_data"
 
 

@@ -6,15 +6,16 @@ missing or does not match its files (a kill or a full disk mid-write) is skipped
 """
 from __future__ import annotations
 
-from selfplay.errors import UserError
-
 import errno
 import json
 import os
+import random
 import shutil
 import warnings
 from pathlib import Path
 from typing import Callable
+
+from selfplay.errors import UserError
 
 MANIFEST = "COMPLETE.json"
 
@@ -94,6 +95,27 @@ def latest(root: Path) -> Path | None:
 
 def load_state(directory: Path) -> dict:
     return json.loads((directory / "state.json").read_text())
+
+
+def save_rng(directory: Path) -> None:
+    """The global RNG states (Python, NumPy, torch) into `directory/rng.pt`."""
+    import numpy as np
+    import torch
+
+    torch.save({"python": random.getstate(), "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state()}, directory / "rng.pt")
+
+
+def load_rng(directory: Path) -> None:
+    """Restores what `save_rng` wrote. Call it after the rollout engine exists: starting vLLM
+    re-seeds the global RNGs."""
+    import numpy as np
+    import torch
+
+    states = torch.load(directory / "rng.pt", weights_only=False)
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
 
 
 def _prune(root: Path, keep: int) -> None:

@@ -1,25 +1,92 @@
 """γ cutoff controllers: the margin γ that RePO's filter uses, one value per iteration.
 
-The loop reads ``controller.value`` before each iteration (including the first) and calls
-``controller.update(observation)`` once after it. ``observation`` holds at least ``iteration``
-(1-based, the one just finished) and ``iterations`` (the number planned), and may hold margin
-statistics (``margin_p10``, ``margin_p50``, ``margin_p90``, ``active_fraction``,
-``active_fraction_end``). A controller's state goes into every checkpoint through ``state_dict()``
-(JSON-serialisable) so that a resumed run continues the same γ trajectory. Its configuration comes
-from the recipe, not from the state.
+Each controller is built from its own recipe model (`FixedConfig`, `ScheduleConfig`,
+`AdaptiveConfig`, `GammaPOConfig`: the `gamma` section is their union, tagged by `controller`),
+which holds its fields, defaults, ranges and help text in one place. The loop reads
+``controller.value`` before each iteration (including the first) and calls
+``controller.update(observation)`` once after it with a typed `MarginObservation`. A
+controller's state goes into every checkpoint through ``state_dict()`` (JSON-serialisable) so
+that a resumed run continues the same γ trajectory; its configuration comes from the recipe,
+not from the state.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
+from pydantic import Field, model_validator
 
-__all__ = ["CONTROLLERS", "AdaptiveGamma", "FixedGamma", "GammaController", "GammaPOMargins",
-           "ScheduledGamma", "build_controller"]
+from selfplay.schema import Section
+
+__all__ = ["CONTROLLERS", "AdaptiveConfig", "AdaptiveGamma", "FixedConfig", "FixedGamma",
+           "GammaController", "GammaPOConfig", "GammaPOMargins", "MarginObservation",
+           "ScheduleConfig", "ScheduledGamma", "build_controller"]
+
+
+# --- configuration: one model per controller ------------------------------------------------
+class FixedConfig(Section):
+    controller: Literal["fixed"] = "fixed"
+    value: float = Field(0.5, ge=0, description="γ for every iteration (the paper: 0.4–0.6).")
+
+
+class ScheduleConfig(Section):
+    controller: Literal["schedule"] = "schedule"
+    start: float = Field(1.0, ge=0, description="γ at the first iteration.")
+    end: float = Field(0.2, ge=0, description="γ at the last iteration (and after).")
+    shape: Literal["linear", "cosine"] = Field("linear", description="Curve from start to end.")
+
+
+class AdaptiveConfig(Section):
+    controller: Literal["adaptive"] = "adaptive"
+    initial: float = Field(0.5, ge=0, description="γ of the first iteration.")
+    target_start: float = Field(0.8, gt=0, lt=1, description="Share of pairs still active after "
+                                "the first update (many pairs learn early).")
+    target_end: float = Field(0.7, gt=0, lt=1, description="That share at the last iteration "
+                              "(only the hard pairs late: the paper's curriculum).")
+    band: float = Field(0.05, ge=0, lt=1, description="γ stays while the active share is within "
+                        "this distance of its target.")
+    smoothing: float = Field(0.4, gt=0, le=1, description="Weight of the new estimate in γ's "
+                             "moving average.")
+    gamma_min: float = Field(0.05, ge=0, description="Lower bound of γ.")
+    gamma_max: float = Field(2.0, gt=0, description="Upper bound of γ.")
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "AdaptiveConfig":
+        if not self.gamma_min <= self.initial <= self.gamma_max:
+            raise ValueError("gamma.initial: must lie within [gamma.gamma_min, gamma.gamma_max]")
+        return self
+
+
+class GammaPOConfig(Section):
+    controller: Literal["gammapo"] = "gammapo"
+    value: float = Field(0.5, ge=0, description="The mean per-pair target γ0.")
+    tau: float = Field(10.0, gt=0, description="KL temperature (larger: closer to uniform "
+                       "targets).")
+    beta: float = Field(10.0, gt=0, description="Logistic scale of the margins.")
+
+
+@dataclass(frozen=True)
+class MarginObservation:
+    """What one iteration's update saw, handed to ``update()``."""
+
+    iteration: int  # the iteration just finished, 1-based
+    iterations: int  # the number planned
+    margins_start: Sequence[float] = field(default=())  # per pair, when first seen in the update
+    margins_end: Sequence[float] = field(default=())  # per pair, after the update
+
+    def __post_init__(self) -> None:
+        for name in ("iteration", "iterations"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"observation.{name} must be an int >= 1, got {value!r}")
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.margins_start)
 
 
 class GammaController(ABC):
@@ -33,7 +100,7 @@ class GammaController(ABC):
         """γ for the iteration about to run."""
 
     @abstractmethod
-    def update(self, observation: Mapping[str, Any]) -> None:
+    def update(self, observation: MarginObservation) -> None:
         """Take in what the iteration that just finished observed."""
 
     @abstractmethod
@@ -64,13 +131,6 @@ class GammaController(ABC):
             )
 
 
-def _finished_iteration(observation: Mapping[str, Any]) -> int:
-    iteration = observation.get("iteration")
-    if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 1:
-        raise ValueError(f"observation['iteration'] must be an int >= 1, got {iteration!r}")
-    return iteration
-
-
 def _finite(name: str, value: float) -> float:
     value = float(value)
     if not math.isfinite(value):
@@ -83,15 +143,15 @@ class FixedGamma(GammaController):
 
     name = "fixed"
 
-    def __init__(self, value: float) -> None:
-        self._value = _finite("value", value)
+    def __init__(self, config: FixedConfig, iterations: int | None = None) -> None:
+        self._value = _finite("value", config.value)
 
     @property
     def value(self) -> float:
         return self._value
 
-    def update(self, observation: Mapping[str, Any]) -> None:
-        _finished_iteration(observation)
+    def update(self, observation: MarginObservation) -> None:
+        pass
 
     def state_dict(self) -> dict[str, Any]:
         return {"controller": self.name}
@@ -117,15 +177,13 @@ class ScheduledGamma(GammaController):
 
     name = "schedule"
 
-    def __init__(self, start: float, end: float, iterations: int, shape: str = "linear") -> None:
+    def __init__(self, config: ScheduleConfig, iterations: int) -> None:
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
             raise ValueError(f"iterations must be an int >= 1, got {iterations!r}")
-        if shape not in _SHAPES:
-            raise ValueError(f"shape must be one of {', '.join(sorted(_SHAPES))}, got {shape!r}")
-        self.start = _finite("start", start)
-        self.end = _finite("end", end)
+        self.start = _finite("start", config.start)
+        self.end = _finite("end", config.end)
         self.iterations = iterations
-        self.shape = shape
+        self.shape = config.shape
         self._iteration = 1  # the iteration about to run
 
     def gamma_at(self, iteration: int) -> float:
@@ -142,9 +200,9 @@ class ScheduledGamma(GammaController):
     def value(self) -> float:
         return self.gamma_at(self._iteration)
 
-    def update(self, observation: Mapping[str, Any]) -> None:
+    def update(self, observation: MarginObservation) -> None:
         # Taken from the observation, not counted, so the schedule follows the loop's iteration.
-        self._iteration = _finished_iteration(observation) + 1
+        self._iteration = observation.iteration + 1
 
     def state_dict(self) -> dict[str, Any]:
         return {"controller": self.name, "iteration": self._iteration}
@@ -171,20 +229,12 @@ class AdaptiveGamma(GammaController):
 
     name = "adaptive"
 
-    def __init__(self, iterations: int, target_start: float = 0.8, target_end: float = 0.7,
-                 band: float = 0.05, smoothing: float = 0.4, initial: float = 0.5,
-                 gamma_min: float = 0.05, gamma_max: float = 2.0) -> None:
-        for label, value in (("target_start", target_start), ("target_end", target_end)):
-            if not 0.0 < value < 1.0:
-                raise ValueError(f"{label} must be in (0, 1), got {value}")
-        if not 0.0 < smoothing <= 1.0:
-            raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
-        if not 0.0 <= gamma_min <= initial <= gamma_max:
-            raise ValueError("need 0 <= gamma_min <= initial <= gamma_max")
-        self.targets = ScheduledGamma(target_start, target_end, iterations, "linear")
-        self.band, self.smoothing = _finite("band", band), smoothing
-        self.gamma_min, self.gamma_max = gamma_min, gamma_max
-        self._gamma = _finite("initial", initial)
+    def __init__(self, config: AdaptiveConfig, iterations: int) -> None:
+        self.targets = ScheduledGamma(
+            ScheduleConfig(start=config.target_start, end=config.target_end), iterations)
+        self.band, self.smoothing = config.band, config.smoothing
+        self.gamma_min, self.gamma_max = config.gamma_min, config.gamma_max
+        self._gamma = _finite("initial", config.initial)
         self._iteration = 1
         self._last_proposal: float | None = None
         self._last_median: float | None = None  # median fresh margin of the last iteration
@@ -199,16 +249,16 @@ class AdaptiveGamma(GammaController):
         """Target share of pairs still active after the update of the iteration about to run."""
         return self.targets.gamma_at(self._iteration)
 
-    def update(self, observation: Mapping[str, Any]) -> None:
-        finished = _finished_iteration(observation)
+    def update(self, observation: MarginObservation) -> None:
+        finished = observation.iteration
         target_now = self.targets.gamma_at(finished)
         self._iteration = finished + 1
-        margins_end = observation.get("margins_end") or []
-        margins_start = observation.get("margins") or []
-        active_end = observation.get("active_fraction_end")
+        margins_end, margins_start = list(observation.margins_end), list(observation.margins_start)
         self._last_proposal = None
-        if not margins_end or active_end is None:
+        if not margins_end:
             return  # nothing was trained: nothing to learn from
+        # The share of this iteration's pairs still below the γ they trained with.
+        active_end = sum(m < self._gamma for m in margins_end) / len(margins_end)
         median = float(np.median(margins_start)) if margins_start else None
         if median is not None and self._last_median is not None:
             # Fresh pairs arrive with margins that shift as the policy learns; the next batch is
@@ -255,11 +305,11 @@ class GammaPOMargins(FixedGamma):
 
     name = "gammapo"
 
-    def __init__(self, value: float = 0.5, tau: float = 10.0, beta: float = 10.0,
+    def __init__(self, config: GammaPOConfig, iterations: int | None = None,
                  steps: int = 20) -> None:
-        super().__init__(value)  # the mean target γ0, fixed over the run
+        super().__init__(FixedConfig(value=config.value))  # the mean target γ0, fixed over the run
         self.gamma0 = self.value
-        self.tau, self.beta, self.steps = tau, beta, steps
+        self.tau, self.beta, self.steps = config.tau, config.beta, steps
 
     def pair_gammas(self, margins: Sequence[float]) -> list[float]:
         gaps = self.beta * np.asarray(margins, dtype=np.float64)
@@ -282,21 +332,15 @@ CONTROLLERS: dict[str, type[GammaController]] = {
     "gammapo": GammaPOMargins,
 }
 
+# Each controller's recipe model, under the same names.
+CONFIGS: dict[str, type[Section]] = {
+    "fixed": FixedConfig,
+    "schedule": ScheduleConfig,
+    "adaptive": AdaptiveConfig,
+    "gammapo": GammaPOConfig,
+}
 
-def build_controller(name: str, **kwargs: Any) -> GammaController:
-    """The controller registered as ``name``, built from the recipe's ``gamma`` fields."""
-    if name not in CONTROLLERS:
-        raise ValueError(
-            f"unknown gamma controller {name!r}; choose from: {', '.join(sorted(CONTROLLERS))}"
-        )
-    cls = CONTROLLERS[name]
-    fields = inspect.signature(cls).parameters
-    unknown = sorted(set(kwargs) - set(fields))
-    if unknown:
-        raise ValueError(
-            f"gamma controller {name!r}: unknown field {unknown[0]!r}; fields: {', '.join(fields)}"
-        )
-    missing = [f for f, p in fields.items() if p.default is p.empty and f not in kwargs]
-    if missing:
-        raise ValueError(f"gamma controller {name!r}: missing field {missing[0]!r}")
-    return cls(**kwargs)
+
+def build_controller(config: Section, iterations: int) -> GammaController:
+    """The controller that ``config`` (one of the `gamma` section's models) describes."""
+    return CONTROLLERS[config.controller](config, iterations=iterations)

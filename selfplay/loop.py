@@ -1,32 +1,29 @@
 """The orchestrator. One iteration: generate → score → pair → train → sync → checkpoint → log.
 
-Every source of randomness in an iteration is derived from (loop.seed, iteration), and the
-checkpoint holds everything else that changes (weights, optimizer, scheduler, controller, data
-cursor), so a run killed at any point and resumed ends with the same weights.
+Every source of randomness in an iteration is derived from (loop.seed, iteration) (seeding.py),
+and the checkpoint holds everything else that changes (weights, optimizer, scheduler, controller,
+data cursor, RNG states), so a run killed at any point and resumed ends with the same weights.
 """
 from __future__ import annotations
 
-from selfplay.errors import UserError
-
 import json
-import random
 import shutil
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from rewarders.base import load_rewarder, rewarder_metrics, score_checked
+from rewarders.base import load_rewarder, rewarder_metrics
 from selfplay import checkpoint, recipe as recipe_mod
-from selfplay.control import GammaController, build_controller
-from selfplay.data import PromptStream, format_prompt, load_prompt_table, to_prompt_rows
-from selfplay.metrics import MetricsLog, build_sinks, peak_rss_mb, rss_mb
-from selfplay.pairs import Completion, Pair, PairStats, best_worst_pairs
+from selfplay.control import MarginObservation, build_controller
+from selfplay.data import PromptStream, load_prompt_table, to_prompt_rows
+from selfplay.errors import UserError
+from selfplay.metrics import (MetricsLog, UpdateSummary, build_sinks, finish_record,
+                              format_summary, iteration_record, rollout_summary)
+from selfplay.pairs import PairStats, best_worst_pairs, offline_pairs
 from selfplay.recipe import RESUMABLE_CHANGES, Recipe
+from selfplay.scoring import score_rollouts
 from selfplay.seeding import eval_seed, iteration_seed
+from selfplay.types import Pair, SamplingConfig
 
 
 class RunError(UserError, RuntimeError):
@@ -41,78 +38,40 @@ class RunResult:
     already_complete: bool = False
 
 
-def build_controller_from(recipe: Recipe) -> GammaController:
-    gamma, iterations = recipe.gamma, recipe.loop.iterations
-    fields = {
-        "fixed": dict(value=gamma.value),
-        "schedule": dict(start=gamma.start, end=gamma.end, iterations=iterations,
-                         shape=gamma.shape),
-        "adaptive": dict(iterations=iterations, target_start=gamma.target_start,
-                         target_end=gamma.target_end, band=gamma.band, smoothing=gamma.smoothing,
-                         initial=gamma.initial, gamma_min=gamma.gamma_min,
-                         gamma_max=gamma.gamma_max),
-        "gammapo": dict(value=gamma.value, tau=gamma.tau, beta=gamma.gammapo_beta),
-    }[gamma.controller]
-    return build_controller(gamma.controller, **fields)
-
-
-def _quantile(values: list[float], q: float) -> float | None:
-    return float(np.quantile(values, q)) if values else None
-
-
-def _share_below(margins: list[float], gammas: list[float]) -> float | None:
-    """Share of pairs whose margin is below their γ (the active fraction)."""
-    if not margins:
-        return None
-    return sum(m < g for m, g in zip(margins, gammas)) / len(margins)
-
-
-def prepare_run_dir(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Creates or checks the run directory; never replaces a run unless `overwrite`."""
-    saved = run_dir / "recipe.yaml"
-    if resume:
-        if not saved.exists():
-            raise RunError(f"--resume: {run_dir} holds no run (no recipe.yaml); start it without "
-                           "--resume", resumable=False)
-        previous = recipe_mod.load(saved)
-        changed = [f for f in recipe_mod.diff(previous, recipe)
-                   if not any(f == allowed or (allowed.endswith(".") and f.startswith(allowed))
-                              for allowed in RESUMABLE_CHANGES)]
-        if changed:
-            raise RunError(f"--resume: the recipe differs from the run's in {', '.join(changed)}; "
-                           f"only {', '.join(RESUMABLE_CHANGES)} may change on resume",
-                           resumable=False)
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RunError(f"output directory {run_dir} already exists; use --resume to continue "
-                           "it, --overwrite to replace it, or choose another --output-dir",
-                           resumable=False)
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    recipe_mod.save(recipe, saved)
-
-
-def resolve_model(recipe: Recipe, run_dir: Path) -> str:
-    path = recipe.model.path
-    if path.startswith("builtin:"):
-        from selfplay.models import ModelError, resolve_builtin
-        try:
-            return str(resolve_builtin(path.split(":", 1)[1], run_dir, seed=recipe.loop.seed))
-        except ModelError as error:
-            raise RunError(str(error)) from None
-    if not (Path(path) / "config.json").exists():
-        raise RunError(f"model.path: no Hugging Face model directory at {path} "
-                       "(expected a config.json there)")
-    return path
+def run(recipe: Recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False,
+        progress: bool = True, echo=print) -> RunResult:
+    """Runs (or resumes) `recipe` in `run_dir` to `loop.iterations`, then exports `final/`."""
+    prepare_run_dir(recipe, run_dir, resume=resume, overwrite=overwrite)
+    total = recipe.loop.iterations
+    if resume and completed_iterations(run_dir) >= total and (run_dir / "final").exists():
+        echo(f"{run_dir}: already complete ({total} iterations); raise loop.iterations to "
+             "extend it")
+        return RunResult(run_dir, total, run_dir / "final", already_complete=True)
+    loop = Loop(recipe, run_dir, progress=progress)
+    try:
+        if resume:
+            if loop.restore():
+                echo(f"resuming {run_dir} after iteration {loop.iteration}")
+            else:
+                echo(f"{run_dir} has no complete checkpoint yet; starting from iteration 1")
+        for _ in range(loop.iteration, total):
+            echo(format_summary(loop.step(), total))
+        final = loop.export_final()
+        echo(f"done: {total} iterations; final model in {final}")
+        return RunResult(run_dir, total, final)
+    finally:
+        loop.close()
 
 
 class Loop:
-    """Holds the parts of one run; `run()` drives the iterations."""
+    """Holds the parts of one run; `step()` runs one iteration."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, *, progress: bool = True):
         from transformers import AutoTokenizer
 
-        from selfplay.rollout.base import SamplingConfig, build_engine
+        from selfplay.models import resolve_model_path
+        from selfplay.rollout import build_engine
+        from selfplay.tokens import pad_token_id
         from selfplay.train.trainer import Trainer
 
         self.recipe, self.run_dir, self.progress = recipe, run_dir, progress
@@ -121,51 +80,175 @@ class Loop:
             transformers.utils.logging.disable_progress_bar()
         self.metrics = MetricsLog(run_dir / "metrics.jsonl",
                                   sinks=build_sinks(recipe.logging, run_dir, recipe.to_dict()))
-        model_dir = resolve_model(recipe, run_dir)
+        model_dir = resolve_model_path(recipe.model.path, run_dir, seed=recipe.loop.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        table = load_prompt_table(recipe.data.prompts, recipe.data.prompt_field)
-        self.stream = PromptStream(table, recipe.data.prompt_field, seed=recipe.loop.seed,
-                                   shuffle=recipe.data.shuffle)
-        table_fields = [recipe.data.chosen_field, recipe.data.rejected_field]
-        if recipe.mode == "offline":
-            missing = [f for f in table_fields if f not in table.column_names]
-            if missing:
-                raise RunError(f"data: offline mode needs column {missing[0]!r} in "
-                               f"{recipe.data.prompts} (columns: {', '.join(table.column_names)})")
+        data = recipe.data
+        offline_columns = ({"data.chosen_field": data.chosen_field,
+                            "data.rejected_field": data.rejected_field}
+                           if recipe.mode == "offline" else None)
+        table = load_prompt_table(data.prompts, data.prompt_field, columns=offline_columns)
+        self.stream = PromptStream(table, data.prompt_field, seed=recipe.loop.seed,
+                                   shuffle=data.shuffle)
         self.rewarder = (load_rewarder(recipe.reward.name, recipe.reward.kwargs)
                          if recipe.reward else None)
         self.eval_rows = None
         if recipe.eval.prompts:
-            eval_table = load_prompt_table(recipe.eval.prompts, recipe.data.prompt_field)
-            self.eval_rows = to_prompt_rows(list(eval_table), recipe.data.prompt_field,
-                                            self.tokenizer, recipe.data.chat_template)
-        self.controller = build_controller_from(recipe)
-        self.sampling = SamplingConfig(n=recipe.rollout.n,
-                                       max_new_tokens=recipe.rollout.max_new_tokens,
-                                       temperature=recipe.rollout.temperature,
-                                       top_p=recipe.rollout.top_p)
+            eval_table = load_prompt_table(recipe.eval.prompts, data.prompt_field,
+                                           field="eval.prompts")
+            self.eval_rows = to_prompt_rows(list(eval_table), data.prompt_field,
+                                            self.tokenizer, data.chat_template)
+        if recipe.mode == "online":
+            self._check_prompt_lengths(table)
+        self.controller = build_controller(recipe.gamma, recipe.loop.iterations)
+        rollout = recipe.rollout
+        self.sampling = SamplingConfig(n=rollout.n, max_new_tokens=rollout.max_new_tokens,
+                                       temperature=rollout.temperature, top_p=rollout.top_p)
         self.engine = None  # offline runs without evaluation never sample
         if recipe.mode == "online" or self.eval_rows:
-            self.engine = build_engine(recipe.rollout.engine, model_dir, dtype=recipe.model.dtype,
-                                       seed=recipe.loop.seed,
-                                       max_model_len=recipe.rollout.max_model_len,
-                                       kv_cache_gb=recipe.rollout.kv_cache_gb)
+            self.engine = build_engine(rollout.engine, model_dir, dtype=recipe.model.dtype,
+                                       seed=recipe.loop.seed, max_model_len=rollout.max_model_len,
+                                       kv_cache_gb=rollout.kv_cache_gb)
             # Self-rewarding: a rewarder that wants the policy (e.g. `judge`) samples through
             # the same engine, so it always judges with the current weights.
             if callable(getattr(self.rewarder, "bind_policy", None)):
                 self.rewarder.bind_policy(self.engine)
-        windows = -(-recipe.data.prompts_per_iteration
-                    // (recipe.train.micro_batch_size * recipe.train.grad_accum))
-        total_steps = recipe.loop.iterations * recipe.train.epochs_per_iteration * windows
-        pad_id = self.tokenizer.pad_token_id
-        if pad_id is None:
-            pad_id = self.tokenizer.eos_token_id or 0
         self.trainer = Trainer(model_dir, recipe.train, loss_name=recipe.loss.name,
                                beta=recipe.loss.beta, seed=recipe.loop.seed,
-                               total_steps=total_steps, pad_id=pad_id)
+                               iterations=recipe.loop.iterations,
+                               pairs_per_iteration=data.prompts_per_iteration,
+                               pad_id=pad_token_id(self.tokenizer))
         self.iteration = 0
 
-    # --- state ---------------------------------------------------------------------------------
+    def _check_prompt_lengths(self, table) -> None:
+        """Refuses, before any work, a prompt that cannot fit the engine with its completion."""
+        from selfplay.data import check_prompt_lengths
+
+        data, rollout = self.recipe.data, self.recipe.rollout
+        rows = to_prompt_rows(list(table), data.prompt_field, self.tokenizer, data.chat_template)
+        for source, checked in ((data.prompts, rows), (self.recipe.eval.prompts, self.eval_rows)):
+            if checked:
+                check_prompt_lengths([len(self.tokenizer(r.text)["input_ids"]) for r in checked],
+                                     rollout.max_model_len, rollout.max_new_tokens, source)
+
+    # --- one iteration ---------------------------------------------------------------------------
+    def step(self) -> dict:
+        """generate → score → pair → train → sync → (evaluate) → update γ → checkpoint → log."""
+        iteration, started = self.iteration + 1, time.perf_counter()
+        gamma_fields = self.controller.describe()  # the γ this iteration trains with
+        raw_rows = self.stream.next_batch(self.recipe.data.prompts_per_iteration)
+        pairs, pair_stats, collected = self._collect_pairs(iteration, raw_rows)
+        update = self._train(iteration, pairs)
+        time_sync = self._sync(pairs)
+        evaluation = self._evaluate_if_due(iteration)
+        record = iteration_record(iteration, gamma_fields, collected, pair_stats, update,
+                                  time_sync, evaluation)
+        self.controller.update(MarginObservation(iteration, self.recipe.loop.iterations,
+                                                 update.margins, update.margins_end))
+        record["gamma_next"] = self.controller.value
+        self.iteration = iteration
+        record["time_checkpoint_s"] = self._checkpoint_if_due(record, started)
+        finish_record(record, started)
+        self.metrics.append(record)
+        return record
+
+    def _collect_pairs(self, iteration: int, raw_rows: list[dict]
+                       ) -> tuple[list[Pair], PairStats, dict]:
+        if self.recipe.mode == "offline":
+            pairs, stats = offline_pairs(raw_rows, self.tokenizer, self.recipe.data)
+            return pairs, stats, {"reward_mean": None, "reward_std": None,
+                                  "time_generate_s": 0.0, "time_reward_s": 0.0}
+        data = self.recipe.data
+        rows = to_prompt_rows(raw_rows, data.prompt_field, self.tokenizer, data.chat_template)
+        return self._self_play_pairs(iteration, rows)
+
+    def _self_play_pairs(self, iteration: int, rows: list) -> tuple[list[Pair], PairStats, dict]:
+        """Samples, scores and pairs: the self-play half of an iteration."""
+        recipe = self.recipe
+        started = time.perf_counter()
+        rollouts = self.engine.generate([r.text for r in rows], self.sampling,
+                                        seed=iteration_seed(recipe.loop.seed, iteration),
+                                        progress=self.progress)
+        time_generate = time.perf_counter() - started
+
+        started = time.perf_counter()
+        rewards = score_rollouts(self.rewarder, recipe.reward.name, rows, rollouts,
+                                 timeout_s=recipe.reward.timeout_s)
+        time_reward = time.perf_counter() - started
+
+        pairs, pair_stats = best_worst_pairs([r.prompt_ids for r in rollouts],
+                                             [r.completions for r in rollouts], rewards,
+                                             recipe.pairs.min_reward_gap)
+        if recipe.logging.save_rollouts:
+            self._write_rollouts(iteration, rows, rollouts, rewards, pairs)
+        return pairs, pair_stats, {
+            **rollout_summary(rollouts, rewards, pairs, time_generate, time_reward),
+            **rewarder_metrics(self.rewarder, recipe.reward.name),
+        }
+
+    def _train(self, iteration: int, pairs: list[Pair]) -> UpdateSummary:
+        """One update on the pairs; the margins before and after it feed the γ controller."""
+        started = time.perf_counter()
+        if not pairs:
+            return UpdateSummary(lr=self.trainer.lr)
+        stats = self.trainer.train(pairs, self.controller.pair_gammas, iteration,
+                                   progress=self.progress)
+        margins_end = self.trainer.margins(pairs)
+        return UpdateSummary(margins=stats.margins, margins_end=margins_end, gammas=stats.gammas,
+                             loss=stats.loss, tokens=stats.tokens, steps=stats.steps,
+                             lr=self.trainer.lr, seconds=time.perf_counter() - started)
+
+    def _sync(self, pairs: list[Pair]) -> float:
+        """Hands the updated weights to the rollout engine in memory; returns the seconds taken."""
+        started = time.perf_counter()
+        if pairs and self.engine is not None:
+            self.engine.update_weights(self.trainer.named_weights())
+        return time.perf_counter() - started
+
+    def _evaluate_if_due(self, iteration: int) -> dict:
+        every = self.recipe.eval.every
+        due = (every and iteration % every == 0) or iteration == self.recipe.loop.iterations
+        return self.evaluate(iteration) if self.eval_rows and due else {}
+
+    def evaluate(self, iteration: int) -> dict:
+        """Mean reward of samples on the held-out prompts under the current weights."""
+        import statistics
+
+        started = time.perf_counter()
+        config = self.recipe.eval
+        sampling = SamplingConfig(n=config.n, max_new_tokens=self.sampling.max_new_tokens,
+                                  temperature=config.temperature, top_p=self.sampling.top_p)
+        rollouts = self.engine.generate([r.text for r in self.eval_rows], sampling,
+                                        seed=eval_seed(self.recipe.loop.seed, iteration))
+        rewards = score_rollouts(self.rewarder, self.recipe.reward.name, self.eval_rows,
+                                 rollouts, timeout_s=self.recipe.reward.timeout_s)
+        scores = [score for prompt_scores in rewards for score in prompt_scores]
+        return {"eval_reward_mean": statistics.fmean(scores),
+                "eval_reward_std": statistics.pstdev(scores),
+                "eval_prompts": len(self.eval_rows),
+                "time_eval_s": time.perf_counter() - started}
+
+    # --- state -----------------------------------------------------------------------------------
+    def _checkpoint_if_due(self, record: dict, started: float) -> float | None:
+        """Saves a checkpoint every `loop.checkpoint_every` iterations and at the last; returns
+        the seconds it took (None when none was due)."""
+        loop = self.recipe.loop
+        if self.iteration % loop.checkpoint_every and self.iteration != loop.iterations:
+            return None
+        began = time.perf_counter()
+
+        def write(directory: Path) -> None:
+            self.trainer.save(str(directory / "trainer"))
+            checkpoint.save_rng(directory)
+            recipe_mod.save(self.recipe, directory / "recipe.yaml")
+
+        # The record goes in too: a kill between the checkpoint and metrics.jsonl loses nothing.
+        state = {"iteration": self.iteration, "controller": self.controller.state_dict(),
+                 "data": self.stream.state_dict(),
+                 "metrics": finish_record(dict(record), started)}
+        checkpoint.save(self.run_dir / "checkpoints", self.iteration, write, state,
+                        keep=loop.keep_checkpoints)
+        return time.perf_counter() - began
+
     def restore(self) -> bool:
         """Loads the newest complete checkpoint, if any; returns whether one was found."""
         found = checkpoint.latest(self.run_dir / "checkpoints")
@@ -177,176 +260,11 @@ class Loop:
         self.controller.load_state_dict(state["controller"])
         self.stream.load_state_dict(state["data"])
         self.iteration = state["iteration"]
-        rng = torch.load(found / "rng.pt", weights_only=False)
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
+        checkpoint.load_rng(found)
         if self.engine is not None:
             self.engine.update_weights(self.trainer.named_weights())
         self.metrics.rewind(self.iteration, state.get("metrics"))
         return True
-
-    def _save(self, record: dict) -> float:
-        started = time.perf_counter()
-
-        def write(directory: Path) -> None:
-            self.trainer.save(str(directory / "trainer"))
-            torch.save({"python": random.getstate(), "numpy": np.random.get_state(),
-                        "torch": torch.get_rng_state()}, directory / "rng.pt")
-            recipe_mod.save(self.recipe, directory / "recipe.yaml")
-
-        state = {"iteration": self.iteration, "controller": self.controller.state_dict(),
-                 "data": self.stream.state_dict(), "metrics": record}
-        checkpoint.save(self.run_dir / "checkpoints", self.iteration, write, state,
-                        keep=self.recipe.loop.keep_checkpoints)
-        return time.perf_counter() - started
-
-    # --- one iteration ---------------------------------------------------------------------------
-    def _online_pairs(self, iteration: int, rows: list) -> tuple[list, PairStats, dict]:
-        """Samples, scores and pairs: the self-play half of an iteration."""
-        recipe, n = self.recipe, self.sampling.n
-        t0 = time.perf_counter()
-        try:
-            rollouts = self.engine.generate([r.text for r in rows], self.sampling,
-                                            seed=iteration_seed(recipe.loop.seed, iteration),
-                                            progress=self.progress)
-        except ValueError as error:  # e.g. a prompt longer than the engine accepts
-            raise RunError(f"rollout: {str(error).splitlines()[0]} (see rollout.max_model_len)"
-                           ) from error
-        time_generate = time.perf_counter() - t0
-        gen_tokens = sum(len(c.token_ids) for r in rollouts for c in r.completions)
-
-        t0 = time.perf_counter()
-        texts = [c.text for r in rollouts for c in r.completions]
-        scores = score_checked(self.rewarder, recipe.reward.name,
-                               [row.raw for row in rows for _ in range(n)], texts,
-                               [row.metadata for row in rows for _ in range(n)],
-                               timeout_s=recipe.reward.timeout_s)
-        rewards = [scores[i * n:(i + 1) * n] for i in range(len(rows))]
-        time_reward = time.perf_counter() - t0
-
-        pairs, pair_stats = best_worst_pairs([r.prompt_ids for r in rollouts],
-                                             [r.completions for r in rollouts], rewards,
-                                             recipe.pairs.min_reward_gap)
-        if recipe.logging.save_rollouts:
-            self._write_rollouts(iteration, rows, rollouts, rewards, pairs)
-        return pairs, pair_stats, {
-            "reward_mean": statistics.fmean(scores),
-            "reward_std": statistics.pstdev(scores),
-            "chosen_reward_mean": statistics.fmean(p.chosen_reward for p in pairs) if pairs else None,
-            "completion_tokens_mean": gen_tokens / max(1, len(texts)),
-            "time_generate_s": time_generate,
-            "time_reward_s": time_reward,
-            "gen_tokens_per_s": gen_tokens / time_generate if time_generate > 0 else None,
-            **rewarder_metrics(self.rewarder, recipe.reward.name),
-        }
-
-    def _offline_pairs(self, raw_rows: list[dict]) -> tuple[list, PairStats, dict]:
-        """Pairs straight from a preference dataset (the paper's offline setting)."""
-        data = self.recipe.data
-        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
-        pairs = []
-        for index, row in enumerate(raw_rows):
-            prompt = format_prompt(self.tokenizer, row[data.prompt_field], data.chat_template)
-            sides = [(row[f], self.tokenizer(row[f], add_special_tokens=False)["input_ids"] + eos)
-                     for f in (data.chosen_field, data.rejected_field)]
-            pairs.append(Pair(index, self.tokenizer(prompt)["input_ids"],
-                              Completion(*sides[0]), Completion(*sides[1]), 1.0, 0.0))
-        return pairs, PairStats(len(raw_rows), len(pairs), 0), {
-            "reward_mean": None, "reward_std": None, "time_generate_s": 0.0,
-            "time_reward_s": 0.0}
-
-    def step(self) -> dict:
-        recipe, iteration = self.recipe, self.iteration + 1
-        started = time.perf_counter()
-        gamma = self.controller.value
-        raw_rows = self.stream.next_batch(recipe.data.prompts_per_iteration)
-        if recipe.mode == "offline":
-            pairs, pair_stats, collected = self._offline_pairs(raw_rows)
-        else:
-            rows = to_prompt_rows(raw_rows, recipe.data.prompt_field, self.tokenizer,
-                                  recipe.data.chat_template)
-            pairs, pair_stats, collected = self._online_pairs(iteration, rows)
-
-        t0 = time.perf_counter()
-        margins, margins_end, gammas, loss, train_tokens, steps = [], [], [], None, 0, 0
-        if pairs:
-            stats = self.trainer.train(pairs, self.controller.pair_gammas, iteration,
-                                       progress=self.progress)
-            margins, gammas, loss = stats.margins, stats.gammas, stats.loss
-            train_tokens, steps = stats.tokens, stats.steps
-            margins_end = self.trainer.margins(pairs)
-        time_train = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        if pairs and self.engine is not None:
-            self.engine.update_weights(self.trainer.named_weights())
-        time_sync = time.perf_counter() - t0
-
-        evaluation = {}
-        every = recipe.eval.every
-        if self.eval_rows and ((every and iteration % every == 0) or
-                               iteration == recipe.loop.iterations):
-            evaluation = self.evaluate(iteration)
-        active = _share_below(margins, gammas)
-        record = {
-            "iteration": iteration,
-            **self.controller.describe(),
-            "gamma": gamma,
-            "active_fraction": active,
-            "active_fraction_end": _share_below(margins_end, gammas),
-            "filtered_fraction": None if active is None else 1 - active,
-            "margin_p10": _quantile(margins, 0.1),
-            "margin_p50": _quantile(margins, 0.5),
-            "margin_p90": _quantile(margins, 0.9),
-            "margin_end_p50": _quantile(margins_end, 0.5),
-            **collected,
-            "n_prompts": pair_stats.n_prompts,
-            "n_pairs": pair_stats.n_pairs,
-            "n_dropped": pair_stats.n_dropped,
-            "loss": loss,
-            "optimizer_steps": steps,
-            "lr": self.trainer.engine.get_lr()[0],
-            "time_train_s": time_train,
-            "time_sync_s": time_sync,
-            "train_tokens_per_s": train_tokens / time_train if train_tokens else None,
-            **evaluation,
-        }
-        self.controller.update({**record, "iterations": recipe.loop.iterations,
-                                "margins": margins, "margins_end": margins_end})
-        record["gamma_next"] = self.controller.value
-        self.iteration = iteration
-        record["time_checkpoint_s"] = None
-        if iteration % recipe.loop.checkpoint_every == 0 or iteration == recipe.loop.iterations:
-            record["time_checkpoint_s"] = self._save(
-                {**record, "time_total_s": time.perf_counter() - started,
-                 "peak_rss_mb": peak_rss_mb(), "rss_mb": rss_mb()})
-        record["time_total_s"] = time.perf_counter() - started
-        record["peak_rss_mb"] = peak_rss_mb()
-        record["rss_mb"] = rss_mb()
-        self.metrics.append(record)
-        return record
-
-    def evaluate(self, iteration: int) -> dict:
-        """Mean reward of samples on the held-out prompts under the current weights."""
-        from selfplay.rollout.base import SamplingConfig
-
-        started = time.perf_counter()
-        n = self.recipe.eval.n
-        sampling = SamplingConfig(n=n, max_new_tokens=self.sampling.max_new_tokens,
-                                  temperature=self.recipe.eval.temperature,
-                                  top_p=self.sampling.top_p)
-        rollouts = self.engine.generate([r.text for r in self.eval_rows], sampling,
-                                        seed=eval_seed(self.recipe.loop.seed, iteration))
-        scores = score_checked(self.rewarder, self.recipe.reward.name,
-                               [r.raw for r in self.eval_rows for _ in range(n)],
-                               [c.text for r in rollouts for c in r.completions],
-                               [r.metadata for r in self.eval_rows for _ in range(n)],
-                               timeout_s=self.recipe.reward.timeout_s)
-        return {"eval_reward_mean": statistics.fmean(scores),
-                "eval_reward_std": statistics.pstdev(scores),
-                "eval_prompts": len(self.eval_rows),
-                "time_eval_s": time.perf_counter() - started}
 
     def _write_rollouts(self, iteration, rows, rollouts, rewards, pairs) -> None:
         paired = {p.prompt_index: p for p in pairs}
@@ -377,46 +295,32 @@ class Loop:
         self.metrics.close()
 
 
-def format_summary(record: dict, total: int) -> str:
-    def num(value, fmt=".2f"):
-        return "-" if value is None else format(value, fmt)
-    reward = ("offline" if record["reward_mean"] is None else
-              f"reward {record['reward_mean']:.3f}±{record['reward_std']:.3f}")
-    return (f"iter {record['iteration']}/{total} | {reward} | pairs {record['n_pairs']}/{record['n_prompts']} | "
-            f"γ {record['gamma']:.2f} active {num(record['active_fraction'])}→"
-            f"{num(record['active_fraction_end'])} | loss {num(record['loss'], '.4f')} | "
-            f"gen {record['time_generate_s']:.1f}s train {record['time_train_s']:.1f}s "
-            f"sync {record['time_sync_s']:.2f}s ckpt {num(record['time_checkpoint_s'], '.1f')}s | "
-            f"rss {record['rss_mb']:.0f}MB"
-            + (f" | held-out reward {record['eval_reward_mean']:.3f}"
-               if record.get("eval_reward_mean") is not None else ""))
+def prepare_run_dir(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Creates or checks the run directory; never replaces a run unless `overwrite`."""
+    saved = run_dir / "recipe.yaml"
+    if resume:
+        if not saved.exists():
+            raise RunError(f"--resume: {run_dir} holds no run (no recipe.yaml); start it without "
+                           "--resume", resumable=False)
+        previous = recipe_mod.load(saved)
+        changed = [f for f in recipe_mod.diff(previous, recipe)
+                   if not any(f == allowed or (allowed.endswith(".") and f.startswith(allowed))
+                              for allowed in RESUMABLE_CHANGES)]
+        if changed:
+            raise RunError(f"--resume: the recipe differs from the run's in {', '.join(changed)}; "
+                           f"only {', '.join(RESUMABLE_CHANGES)} may change on resume",
+                           resumable=False)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunError(f"output directory {run_dir} already exists; use --resume to continue "
+                           "it, --overwrite to replace it, or choose another --output-dir",
+                           resumable=False)
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    recipe_mod.save(recipe, saved)
 
 
 def completed_iterations(run_dir: Path) -> int:
     """Iterations covered by the newest complete checkpoint (0 when there is none)."""
     found = checkpoint.latest(run_dir / "checkpoints")
     return checkpoint.load_state(found)["iteration"] if found else 0
-
-
-def run(recipe: Recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False,
-        progress: bool = True, echo=print) -> RunResult:
-    prepare_run_dir(recipe, run_dir, resume=resume, overwrite=overwrite)
-    total = recipe.loop.iterations
-    if resume and completed_iterations(run_dir) >= total and (run_dir / "final").exists():
-        echo(f"{run_dir}: already complete ({total} iterations); raise loop.iterations to "
-             "extend it")
-        return RunResult(run_dir, total, run_dir / "final", already_complete=True)
-    loop = Loop(recipe, run_dir, progress=progress)
-    try:
-        if resume:
-            if loop.restore():
-                echo(f"resuming {run_dir} after iteration {loop.iteration}")
-            else:
-                echo(f"{run_dir} has no complete checkpoint yet; starting from iteration 1")
-        for _ in range(loop.iteration, total):
-            echo(format_summary(loop.step(), total))
-        final = loop.export_final()
-        echo(f"done: {total} iterations; final model in {final}")
-        return RunResult(run_dir, total, final)
-    finally:
-        loop.close()

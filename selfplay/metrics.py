@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import json
 import resource
+import statistics
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 
@@ -18,6 +22,114 @@ def peak_rss_mb() -> float:
 
 def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
+
+
+@dataclass
+class UpdateSummary:
+    """What one policy update did (empty when an iteration had no pairs)."""
+
+    margins: list[float] = field(default_factory=list)  # per pair, when first seen
+    margins_end: list[float] = field(default_factory=list)  # per pair, after the update
+    gammas: list[float] = field(default_factory=list)  # per pair, the γ its loss used
+    loss: float | None = None
+    tokens: int = 0
+    steps: int = 0
+    lr: float | None = None
+    seconds: float = 0.0
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    return float(np.quantile(values, q)) if values else None
+
+
+def rollout_summary(rollouts, rewards: list[list[float]], pairs, time_generate: float,
+                    time_reward: float) -> dict:
+    """The sampling and scoring half of an iteration's record."""
+    scores = [score for prompt_scores in rewards for score in prompt_scores]
+    completions = [c for r in rollouts for c in r.completions]
+    gen_tokens = sum(len(c.token_ids) for c in completions)
+    return {
+        "reward_mean": statistics.fmean(scores),
+        "reward_std": statistics.pstdev(scores),
+        "chosen_reward_mean": statistics.fmean(p.chosen_reward for p in pairs) if pairs else None,
+        "completion_tokens_mean": gen_tokens / max(1, len(completions)),
+        "time_generate_s": time_generate,
+        "time_reward_s": time_reward,
+        "gen_tokens_per_s": gen_tokens / time_generate if time_generate > 0 else None,
+    }
+
+
+def iteration_record(iteration: int, gamma_fields: dict, collected: dict, pair_stats,
+                     update: UpdateSummary, time_sync: float, evaluation: dict) -> dict:
+    """One line of metrics.jsonl (DESIGN.md names its keys), before checkpoint time and RSS."""
+    from selfplay.losses import active_fraction
+
+    active = active_fraction(update.margins, update.gammas)
+    return {
+        "iteration": iteration,
+        **gamma_fields,
+        "active_fraction": active,
+        "active_fraction_end": active_fraction(update.margins_end, update.gammas),
+        "filtered_fraction": None if active is None else 1 - active,
+        "margin_p10": _quantile(update.margins, 0.1),
+        "margin_p50": _quantile(update.margins, 0.5),
+        "margin_p90": _quantile(update.margins, 0.9),
+        "margin_end_p50": _quantile(update.margins_end, 0.5),
+        **collected,
+        "n_prompts": pair_stats.n_prompts,
+        "n_pairs": pair_stats.n_pairs,
+        "n_dropped": pair_stats.n_dropped,
+        "loss": update.loss,
+        "optimizer_steps": update.steps,
+        "lr": update.lr,
+        "time_train_s": update.seconds,
+        "time_sync_s": time_sync,
+        "train_tokens_per_s": update.tokens / update.seconds if update.tokens else None,
+        **evaluation,
+    }
+
+
+def finish_record(record: dict, started: float) -> dict:
+    """Adds the iteration's total time and memory, measured now; returns the record."""
+    record["time_total_s"] = time.perf_counter() - started
+    record["peak_rss_mb"] = peak_rss_mb()
+    record["rss_mb"] = rss_mb()
+    return record
+
+
+def _shown(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def record_cells(record: dict) -> dict[str, str]:
+    """How a metrics record's main values are shown: the one formatter behind the run's summary
+    lines, `selfplay report`'s table and `selfplay status`."""
+    reward, std = record.get("reward_mean"), record.get("reward_std")
+    reward_text = _shown(reward, ".3f") + ("" if reward is None or std is None else f"±{std:.3f}")
+    return {
+        "reward": reward_text,
+        "γ": _shown(record.get("gamma"), ".3f"),
+        "active": f"{_shown(record.get('active_fraction'), '.2f')}→"
+                  f"{_shown(record.get('active_fraction_end'), '.2f')}",
+        "pairs": f"{record.get('n_pairs', '-')}/{record.get('n_prompts', '-')}",
+        "loss": _shown(record.get("loss"), ".4f"),
+        "held-out": _shown(record.get("eval_reward_mean"), ".3f"),
+    }
+
+
+def format_summary(record: dict, total: int) -> str:
+    """The line a run prints after each iteration."""
+    cells = record_cells(record)
+    reward = "offline" if record.get("reward_mean") is None else f"reward {cells['reward']}"
+    line = (f"iter {record['iteration']}/{total} | {reward} | "
+            f"pairs {cells['pairs']} | γ {cells['γ']} active {cells['active']} | "
+            f"loss {cells['loss']} | gen {record['time_generate_s']:.1f}s "
+            f"train {record['time_train_s']:.1f}s sync {record['time_sync_s']:.2f}s "
+            f"ckpt {_shown(record.get('time_checkpoint_s'), '.1f')}s | "
+            f"rss {record['rss_mb']:.0f}MB")
+    if record.get("eval_reward_mean") is not None:
+        line += f" | held-out reward {cells['held-out']}"
+    return line
 
 
 def numeric_items(record: dict) -> dict[str, float]:

@@ -26,3 +26,20 @@ def best_worst_pairs(prompt_ids: list[list[int]], completions: list[list[Complet
         pairs.append(Pair(index, ids, samples[best], samples[worst], scores[best], scores[worst]))
     n = len(prompt_ids)
     return pairs, PairStats(n_prompts=n, n_pairs=len(pairs), n_dropped=n - len(pairs))
+
+
+def offline_pairs(raw_rows: list[dict], tokenizer, data) -> tuple[list[Pair], PairStats]:
+    """Pairs straight from a preference dataset's rows (the paper's offline setting); `data` is
+    the recipe's data section (which columns hold the prompt, chosen and rejected text)."""
+    from selfplay.data import format_prompt
+
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    pairs = []
+    for index, row in enumerate(raw_rows):
+        prompt = format_prompt(tokenizer, row[data.prompt_field], data.chat_template)
+        chosen, rejected = (
+            Completion(row[column], tokenizer(row[column], add_special_tokens=False)["input_ids"]
+                       + eos)
+            for column in (data.chosen_field, data.rejected_field))
+        pairs.append(Pair(index, tokenizer(prompt)["input_ids"], chosen, rejected, 1.0, 0.0))
+    return pairs, PairStats(len(raw_rows), len(pairs), 0)

@@ -9,10 +9,14 @@ from selfplay.errors import UserError
 
 import importlib.util
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
+
+from selfplay.control import (CONFIGS as GAMMA_CONFIGS, AdaptiveConfig, FixedConfig,
+                              GammaPOConfig, ScheduleConfig)
+from selfplay.schema import Section
 
 
 class RecipeError(UserError, ValueError):
@@ -23,10 +27,6 @@ class RecipeError(UserError, ValueError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("\n".join(problems))
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ModelConfig(Section):
@@ -90,36 +90,12 @@ class LossConfig(Section):
                                   "null uses the loss's default. RePO has none.")
 
 
-class GammaConfig(Section):
-    controller: Literal["fixed", "schedule", "adaptive", "gammapo"] = Field(
-        "fixed", description="How γ is set: fixed, schedule (start→end over the run), adaptive "
-        "(from the observed margins, docs/adaptive-gamma.md) or gammapo (per-pair targets, "
-        "the γ-PO baseline).")
-    value: float = Field(0.5, ge=0, description="fixed: γ; gammapo: the mean target γ0.")
-    start: float = Field(1.0, ge=0, description="schedule: γ at the first iteration.")
-    end: float = Field(0.2, ge=0, description="schedule: γ at the last iteration.")
-    shape: Literal["linear", "cosine"] = Field("linear", description="schedule: curve shape.")
-    initial: float = Field(0.5, ge=0, description="adaptive: γ of the first iteration.")
-    target_start: float = Field(0.8, gt=0, lt=1, description="adaptive: share of pairs still "
-                                "active after the first update (many pairs learn early).")
-    target_end: float = Field(0.7, gt=0, lt=1, description="adaptive: that share at the last "
-                              "iteration (only the hard pairs late: the paper's curriculum).")
-    band: float = Field(0.05, ge=0, lt=1, description="adaptive: γ stays while the active share "
-                        "is within this distance of its target.")
-    smoothing: float = Field(0.4, gt=0, le=1, description="adaptive: weight of the new estimate "
-                             "in γ's moving average.")
-    gamma_min: float = Field(0.05, ge=0, description="adaptive: lower bound of γ.")
-    gamma_max: float = Field(2.0, gt=0, description="adaptive: upper bound of γ.")
-    tau: float = Field(10.0, gt=0, description="gammapo: KL temperature (larger: closer to "
-                       "uniform targets).")
-    gammapo_beta: float = Field(10.0, gt=0, description="gammapo: logistic scale of margins.")
-
-    @model_validator(mode="after")
-    def _check_bounds(self) -> "GammaConfig":
-        if self.controller == "adaptive" and not (
-                self.gamma_min <= self.initial <= self.gamma_max):
-            raise ValueError("gamma.initial: must lie within [gamma.gamma_min, gamma.gamma_max]")
-        return self
+# The `gamma` section: one model per controller, chosen by `controller` (fixed when omitted).
+GammaConfig = Annotated[Union[FixedConfig, ScheduleConfig, AdaptiveConfig, GammaPOConfig],
+                        Field(discriminator="controller")]
+GAMMA_HELP = ("How γ is set: fixed, schedule (start→end over the run), adaptive (from the "
+              "observed margins, docs/adaptive-gamma.md) or gammapo (per-pair targets, the γ-PO "
+              "baseline). Each has its own fields.")
 
 
 class TrainConfig(Section):
@@ -191,12 +167,19 @@ class Recipe(Section):
     reward: Optional[RewardConfig] = None
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
-    gamma: GammaConfig = Field(default_factory=GammaConfig)
+    gamma: GammaConfig = Field(default_factory=FixedConfig, description=GAMMA_HELP)
     train: TrainConfig = Field(default_factory=TrainConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_gamma_controller(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and isinstance(raw.get("gamma"), dict):
+            raw["gamma"] = {"controller": "fixed", **raw["gamma"]}
+        return raw
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> "Recipe":
@@ -232,8 +215,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    for text in overrides:
-        path, value = parse_override(text)
+    parsed = [(text, *parse_override(text)) for text in overrides]
+    # Switching γ controllers on the command line starts from the new controller's defaults:
+    # the file's fields belong to its own controller. So the switch is applied first.
+    parsed.sort(key=lambda item: item[1] != ["gamma", "controller"])
+    for text, path, value in parsed:
+        if (path == ["gamma", "controller"] and isinstance(raw.get("gamma"), dict)
+                and raw["gamma"].get("controller", "fixed") != value):
+            raw["gamma"] = {}
         node = raw
         for part in path[:-1]:
             child = node.setdefault(part, {})
@@ -247,8 +236,21 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def _format_errors(error: ValidationError) -> list[str]:
     problems = []
     for item in error.errors():
-        field = ".".join(str(p) for p in item["loc"]) or "recipe"
+        loc = list(item["loc"])
+        controller = None
+        if loc[:1] == ["gamma"] and len(loc) > 1 and loc[1] in GAMMA_CONFIGS:
+            controller = loc.pop(1)  # pydantic names the union member; users never write it
+        field = ".".join(str(p) for p in loc) or "recipe"
         message = item["msg"]
+        if controller and item["type"] == "extra_forbidden":
+            fields = [f for f in GAMMA_CONFIGS[controller].model_fields if f != "controller"]
+            problems.append(f"{field}: not a field of the {controller} controller (its fields: "
+                            f"{', '.join(fields)})")
+            continue
+        if item["type"] == "union_tag_invalid":
+            problems.append(f"{field}.controller: must be one of "
+                            f"{', '.join(GAMMA_CONFIGS)}, got {item['input'].get('controller')!r}")
+            continue
         if message.startswith("Value error, "):
             message = message[len("Value error, "):]
             if ":" in message.split(" ")[0]:  # the validator already named the field
@@ -330,9 +332,25 @@ def field_help() -> list[tuple[str, str, Any, bool]]:
         if section_name == "mode":
             rows.append(("mode", section_field.description, section_field.default, False))
             continue
+        if section_name == "gamma":
+            rows.append(("gamma.controller", GAMMA_HELP, "fixed", False))
+            for controller, config in GAMMA_CONFIGS.items():
+                rows.extend(_section_rows("gamma", config, f"{controller}: "))
+            continue
         section_type = RewardConfig if section_name == "reward" else section_field.annotation
-        for name, field in section_type.model_fields.items():
-            required = field.is_required()
-            default = None if required else field.get_default(call_default_factory=True)
-            rows.append((f"{section_name}.{name}", field.description or "", default, required))
+        rows.extend(_section_rows(section_name, section_type))
+    return rows
+
+
+def _section_rows(section_name: str, section_type: type[Section], prefix: str = "") -> list:
+    rows = []
+    for name, field in section_type.model_fields.items():
+        if name == "controller" and prefix:
+            continue
+        required = field.is_required()
+        default = None if required else field.get_default(call_default_factory=True)
+        description = field.description or ""
+        if prefix:
+            description = prefix + description[:1].lower() + description[1:]
+        rows.append((f"{section_name}.{name}", description, default, required))
     return rows

@@ -5,14 +5,13 @@ skipped; a plot with nothing to draw is not written.
 """
 from __future__ import annotations
 
-from selfplay.errors import UserError
-
 import math
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from selfplay.metrics import MetricsLog
+from selfplay.errors import UserError
+from selfplay.metrics import MetricsLog, record_cells
 
 # (key, label) of the phases in `time_total_s`; what they leave over is "other".
 PHASES = (("time_generate_s", "generate"), ("time_reward_s", "reward"), ("time_train_s", "train"),
@@ -109,10 +108,6 @@ def _rows_shown(n: int, max_rows: int) -> list[int]:
 
 def format_table(records: list[dict], max_rows: int = 20) -> str:
     """One line per iteration (every k-th for long runs) that fits a terminal."""
-    def num(record, key, fmt):
-        value = _number(record, key)
-        return "-" if value is None else format(value, fmt)
-
     with_eval = _has(records, "eval_reward_mean")
     header = ["iter", "reward", "γ", "active", "pairs", "loss", "time"]
     header += ["held-out"] if with_eval else []
@@ -120,15 +115,11 @@ def format_table(records: list[dict], max_rows: int = 20) -> str:
     lines = []
     for index in shown:
         record = records[index]
-        reward = num(record, "reward_mean", ".3f")
-        if reward != "-" and _number(record, "reward_std") is not None:
-            reward += f"±{record['reward_std']:.3f}"
-        active = f"{num(record, 'active_fraction', '.2f')}→{num(record, 'active_fraction_end', '.2f')}"
-        pairs = f"{record.get('n_pairs', '-')}/{record.get('n_prompts', '-')}"
+        cells = record_cells(record)
         total = _number(record, "time_total_s")
-        row = [str(record["iteration"]), reward, num(record, "gamma", ".3f"), active, pairs,
-               num(record, "loss", ".4f"), "-" if total is None else _duration(total)]
-        row += [num(record, "eval_reward_mean", ".3f")] if with_eval else []
+        row = [str(record["iteration"]), cells["reward"], cells["γ"], cells["active"],
+               cells["pairs"], cells["loss"], "-" if total is None else _duration(total)]
+        row += [cells["held-out"]] if with_eval else []
         lines.append(row)
     widths = [max(len(row[i]) for row in [header] + lines) for i in range(len(header))]
 

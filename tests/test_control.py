@@ -3,12 +3,30 @@ import json
 import pytest
 
 from selfplay.control import (
+    CONFIGS,
     CONTROLLERS,
+    AdaptiveConfig,
+    FixedConfig,
     FixedGamma,
     GammaController,
+    GammaPOConfig,
+    MarginObservation,
+    ScheduleConfig,
     ScheduledGamma,
     build_controller,
 )
+
+
+def fixed(value):
+    return FixedGamma(FixedConfig(value=value))
+
+
+def schedule(start, end, iterations, shape="linear"):
+    return ScheduledGamma(ScheduleConfig(start=start, end=end, shape=shape), iterations)
+
+
+def observe(iteration, iterations=10, start=(), end=()):
+    return MarginObservation(iteration, iterations, list(start), list(end))
 
 
 def trajectory(controller, first, last, iterations):
@@ -16,13 +34,12 @@ def trajectory(controller, first, last, iterations):
     values = []
     for iteration in range(first, last + 1):
         values.append(controller.value)
-        observation = {"iteration": iteration, "iterations": iterations, "active_fraction": 0.5}
-        controller.update(observation)
+        controller.update(observe(iteration, iterations))
     return values
 
 
 def test_fixed_stays_fixed():
-    controller = FixedGamma(0.5)
+    controller = fixed(0.5)
     assert trajectory(controller, 1, 5, 5) == [0.5] * 5
     assert controller.value == 0.5
     assert controller.describe() == {"gamma": 0.5}
@@ -30,7 +47,7 @@ def test_fixed_stays_fixed():
 
 def test_linear_schedule_by_hand():
     # The paper's 1.0 → 0.2 over 5 iterations: step (0.2 − 1.0) / 4 = −0.2.
-    controller = ScheduledGamma(1.0, 0.2, iterations=5)
+    controller = schedule(1.0, 0.2, 5)
     assert trajectory(controller, 1, 5, 5) == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2])
 
 
@@ -39,14 +56,14 @@ def test_cosine_schedule_by_hand():
     # t = 0.25: (1 − 0.7071068) / 2 = 0.1464466 → 0.8828427
     # t = 0.5:  0.5 → 0.6 (the midpoint is the same as linear)
     # t = 0.75: (1 + 0.7071068) / 2 = 0.8535534 → 0.3171573
-    controller = ScheduledGamma(1.0, 0.2, iterations=5, shape="cosine")
+    controller = schedule(1.0, 0.2, 5, "cosine")
     assert trajectory(controller, 1, 5, 5) == pytest.approx([1.0, 0.8828427, 0.6, 0.3171573, 0.2])
 
 
 @pytest.mark.parametrize("shape", ["linear", "cosine"])
 @pytest.mark.parametrize("start,end", [(1.0, 0.2), (0.2, 1.0)])
 def test_schedule_endpoints_and_monotonicity(shape, start, end):
-    controller = ScheduledGamma(start, end, iterations=7, shape=shape)
+    controller = schedule(start, end, 7, shape)
     values = trajectory(controller, 1, 10, 7)
     assert values[0] == pytest.approx(start)
     assert values[6] == pytest.approx(end)
@@ -56,31 +73,34 @@ def test_schedule_endpoints_and_monotonicity(shape, start, end):
 
 
 def test_single_iteration_schedule_uses_start_then_end():
-    controller = ScheduledGamma(1.0, 0.2, iterations=1)
+    controller = schedule(1.0, 0.2, 1)
     assert trajectory(controller, 1, 2, 1) == [1.0, 0.2]
 
 
 def test_update_advances_from_the_observation():
-    controller = ScheduledGamma(1.0, 0.2, iterations=5)
+    controller = schedule(1.0, 0.2, 5)
     assert controller.value == 1.0  # asked before iteration 1
-    controller.update({"iteration": 1, "iterations": 5})
+    controller.update(observe(1, 5))
     assert controller.value == pytest.approx(0.8)
-    controller.update({"iteration": 3, "iterations": 5})  # the loop's iteration number wins
+    controller.update(observe(3, 5))  # the loop's iteration number wins
     assert controller.value == pytest.approx(0.4)
 
 
-def test_update_needs_the_iteration():
-    for controller in (FixedGamma(0.5), ScheduledGamma(1.0, 0.2, iterations=5)):
-        with pytest.raises(ValueError, match="observation\\['iteration'\\] must be an int >= 1"):
-            controller.update({"iterations": 5})
+def test_an_observation_needs_its_iteration_numbers():
+    for bad in (0, None, True, 1.0):
+        with pytest.raises(ValueError, match="observation.iteration must be an int >= 1"):
+            MarginObservation(bad, 5)
+    with pytest.raises(ValueError, match="observation.iterations must be an int >= 1"):
+        MarginObservation(1, 0)
+    assert MarginObservation(2, 5, [0.1, 0.2], [0.3, 0.4]).n_pairs == 2
 
 
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: FixedGamma(0.5),
-        lambda: ScheduledGamma(1.0, 0.2, 6, "linear"),
-        lambda: ScheduledGamma(1.0, 0.2, 6, "cosine"),
+        lambda: fixed(0.5),
+        lambda: schedule(1.0, 0.2, 6, "linear"),
+        lambda: schedule(1.0, 0.2, 6, "cosine"),
     ],
 )
 def test_state_dict_round_trip_continues_the_trajectory(make):
@@ -97,41 +117,38 @@ def test_state_dict_round_trip_continues_the_trajectory(make):
 
 def test_loading_another_controllers_state_is_an_error():
     with pytest.raises(ValueError, match="'schedule' cannot load the state of controller 'fixed'"):
-        ScheduledGamma(1.0, 0.2, 5).load_state_dict(FixedGamma(0.5).state_dict())
+        schedule(1.0, 0.2, 5).load_state_dict(fixed(0.5).state_dict())
 
 
 def test_build_controller():
-    assert set(CONTROLLERS) >= {"fixed", "schedule"}
+    assert set(CONTROLLERS) == set(CONFIGS) == {"fixed", "schedule", "adaptive", "gammapo"}
     assert all(issubclass(cls, GammaController) for cls in CONTROLLERS.values())
-    controller = build_controller("schedule", start=1.0, end=0.2, iterations=5, shape="cosine")
+    controller = build_controller(ScheduleConfig(start=1.0, end=0.2, shape="cosine"), 5)
     assert isinstance(controller, ScheduledGamma) and controller.value == 1.0
-    assert build_controller("fixed", value=0.4).value == 0.4
+    assert controller.gamma_at(5) == pytest.approx(0.2)
+    assert build_controller(FixedConfig(value=0.4), 5).value == 0.4
+    assert build_controller(AdaptiveConfig(initial=0.3), 5).value == 0.3
+    assert build_controller(GammaPOConfig(value=0.7), 5).gamma0 == 0.7
 
 
-def test_unknown_controller_names_the_choices():
-    expected = "unknown gamma controller 'fxed'; choose from: adaptive, fixed, gammapo, schedule"
-    with pytest.raises(ValueError, match=expected):
-        build_controller("fxed", value=0.5)
-
-
-def test_bad_controller_fields_name_the_controller():
-    expected = "gamma controller 'fixed': unknown field 'valu'; fields: value"
-    with pytest.raises(ValueError, match=expected):
-        build_controller("fixed", valu=0.5)
-    with pytest.raises(ValueError, match="gamma controller 'schedule': missing field 'iterations'"):
-        build_controller("schedule", start=1.0, end=0.2)
-    with pytest.raises(ValueError, match="shape must be one of cosine, linear, got 'step'"):
-        build_controller("schedule", start=1.0, end=0.2, iterations=5, shape="step")
+def test_bad_controller_fields_are_refused():
     with pytest.raises(ValueError, match="iterations must be an int >= 1, got 0"):
-        ScheduledGamma(1.0, 0.2, iterations=0)
-    with pytest.raises(ValueError, match="value must be finite"):
-        FixedGamma(float("nan"))
+        schedule(1.0, 0.2, 0)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="value\n  Input should be a finite number"):
+            fixed(bad)
+    with pytest.raises(ValueError, match="gamma.initial: must lie within"):
+        AdaptiveConfig(initial=3.0, gamma_max=2.0)
 
 
 # --- adaptive ---------------------------------------------------------------------------------
 import numpy as np  # noqa: E402
 
 from selfplay.control import AdaptiveGamma, GammaPOMargins  # noqa: E402
+
+
+def adaptive(iterations, **fields):
+    return AdaptiveGamma(AdaptiveConfig(**fields), iterations)
 
 
 def simulated_iteration(controller, rng, center, push=0.3, pairs=256):
@@ -150,8 +167,7 @@ def run_adaptive(controller, iterations, centers, seed=0):
         target = controller.target
         start, end, active_end = simulated_iteration(controller, rng, centers[iteration - 1])
         history.append((controller.value, target, active_end))
-        controller.update({"iteration": iteration, "iterations": iterations, "margins": start,
-                           "margins_end": end, "active_fraction_end": active_end})
+        controller.update(observe(iteration, iterations, start, end))
     return history
 
 
@@ -159,7 +175,7 @@ def test_adaptive_holds_the_band_while_margins_drift_right():
     # The paper's offline observation: margins grow as the policy learns. γ must follow them.
     iterations = 30
     centers = np.linspace(0.0, 1.5, iterations)
-    controller = AdaptiveGamma(iterations=iterations, initial=0.5, gamma_max=5.0)
+    controller = adaptive(iterations, initial=0.5, gamma_max=5.0)
     history = run_adaptive(controller, iterations, centers)
     settled = history[5:]
     misses = [abs(active - target) for _, target, active in settled]
@@ -172,64 +188,62 @@ def test_adaptive_holds_the_band_while_margins_drift_right():
 
 
 def test_adaptive_target_falls_over_the_run():
-    controller = AdaptiveGamma(iterations=11, target_start=0.7, target_end=0.2)
+    controller = adaptive(11, target_start=0.7, target_end=0.2)
     targets = []
     for iteration in range(1, 12):
         targets.append(controller.target)
-        controller.update({"iteration": iteration})
+        controller.update(observe(iteration, 11))
     assert targets[0] == pytest.approx(0.7) and targets[-1] == pytest.approx(0.2)
     assert all(a >= b for a, b in zip(targets, targets[1:]))
 
 
 def test_adaptive_respects_bounds_and_ignores_iterations_without_pairs():
-    controller = AdaptiveGamma(iterations=5, gamma_min=0.1, gamma_max=1.0, smoothing=1.0)
-    controller.update({"iteration": 1, "margins": [50.0] * 8, "margins_end": [60.0] * 8,
-                       "active_fraction_end": 0.0})
+    controller = adaptive(5, gamma_min=0.1, gamma_max=1.0, smoothing=1.0)
+    controller.update(observe(1, 5, [50.0] * 8, [60.0] * 8))
     assert controller.value == 1.0
-    controller.update({"iteration": 2, "margins": [-50.0] * 8, "margins_end": [-40.0] * 8,
-                       "active_fraction_end": 1.0})
+    controller.update(observe(2, 5, [-50.0] * 8, [-40.0] * 8))
     assert controller.value == 0.1
-    controller.update({"iteration": 3, "margins": [], "margins_end": [],
-                       "active_fraction_end": None})
+    controller.update(observe(3, 5))
     assert controller.value == 0.1
 
 
 def test_adaptive_stays_put_inside_the_band():
-    controller = AdaptiveGamma(iterations=10, target_start=0.5, target_end=0.5, band=0.1)
-    controller.update({"iteration": 1, "margins": [0.0, 1.0], "margins_end": [3.0, 4.0],
-                       "active_fraction_end": 0.45})
+    controller = adaptive(10, target_start=0.5, target_end=0.5, band=0.1)
+    # 4 of the 9 end margins are below γ = 0.5: an active share of 0.44, within 0.1 of 0.5.
+    end = [0.0, 0.1, 0.2, 0.3, 0.6, 0.7, 0.8, 0.9, 1.0]
+    controller.update(observe(1, 10, [m - 0.2 for m in end], end))
     assert controller.value == 0.5
+    controller.update(observe(2, 10, [m - 0.2 for m in end], [m + 0.5 for m in end]))
+    assert controller.value != 0.5  # out of the band (none active): γ moves
 
 
 def test_adaptive_state_round_trip_continues_the_same_trajectory():
     iterations = 12
     centers = np.linspace(0.0, 1.0, iterations)
-    straight = AdaptiveGamma(iterations=iterations)
+    straight = adaptive(iterations)
     expected = run_adaptive(straight, iterations, centers, seed=3)
 
-    first = AdaptiveGamma(iterations=iterations)
+    first = adaptive(iterations)
     rng = np.random.default_rng(3)
     got = []
     for iteration in range(1, 6):
         start, end, active = simulated_iteration(first, rng, centers[iteration - 1])
         got.append((first.value, first.target, active))
-        first.update({"iteration": iteration, "margins": start, "margins_end": end,
-                      "active_fraction_end": active})
+        first.update(observe(iteration, iterations, start, end))
     state = json.loads(json.dumps(first.state_dict()))
-    second = AdaptiveGamma(iterations=iterations)
+    second = adaptive(iterations)
     second.load_state_dict(state)
     for iteration in range(6, iterations + 1):
         start, end, active = simulated_iteration(second, rng, centers[iteration - 1])
         got.append((second.value, second.target, active))
-        second.update({"iteration": iteration, "margins": start, "margins_end": end,
-                       "active_fraction_end": active})
+        second.update(observe(iteration, iterations, start, end))
     assert got == expected
 
 
 def test_gammapo_targets_average_gamma0_and_favour_confident_pairs():
-    controller = GammaPOMargins(value=0.5, tau=10.0, beta=10.0)
+    controller = GammaPOMargins(GammaPOConfig(value=0.5, tau=10.0, beta=10.0))
     gammas = controller.pair_gammas([-0.5, 0.0, 0.3, 1.0])
     assert np.mean(gammas) == pytest.approx(0.5)
     assert gammas == sorted(gammas) and gammas[-1] > gammas[0]
-    nearly_uniform = GammaPOMargins(value=0.5, tau=1e6).pair_gammas([-0.5, 1.0])
+    nearly_uniform = GammaPOMargins(GammaPOConfig(value=0.5, tau=1e6)).pair_gammas([-0.5, 1.0])
     assert nearly_uniform == pytest.approx([0.5, 0.5], abs=1e-3)

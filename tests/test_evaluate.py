@@ -5,7 +5,8 @@ import pytest
 
 from conftest import REPO, run_cli
 from selfplay.evaluate import (EvalError, ModelScore, evaluate, format_report, interval, paired,
-                               resolve_model_dir, summarise)
+                               summarise)
+from selfplay.models import ModelError, resolve_model_path
 from selfplay.tiny_model import build_tiny_model
 
 LETTERS = REPO / "recipes" / "data" / "letters-heldout.jsonl"
@@ -124,10 +125,11 @@ def test_prompts_that_do_not_fit_the_context_are_refused(two_models, tmp_path):
 def test_a_run_directory_stands_for_its_final_model(two_models, tmp_path):
     run_dir = tmp_path / "run"
     build_tiny_model(run_dir / "final", seed=1)
-    assert resolve_model_dir(str(run_dir), tmp_path) == str(run_dir / "final")
-    assert resolve_model_dir(str(two_models[0]), tmp_path) == str(two_models[0])
-    with pytest.raises(EvalError, match="neither a Hugging Face model directory nor a finished"):
-        resolve_model_dir(str(tmp_path), tmp_path)
+    assert resolve_model_path(str(run_dir), tmp_path) == str(run_dir / "final")
+    assert resolve_model_path(str(two_models[0]), tmp_path) == str(two_models[0])
+    with pytest.raises(ModelError, match="no Hugging Face model directory at .* or a finished "
+                                         "run directory with final/"):
+        resolve_model_path(str(tmp_path), tmp_path)
 
 
 def test_cli_compares_a_model_with_a_run_and_writes_json(two_models, tmp_path):
@@ -150,8 +152,8 @@ def test_cli_compares_a_model_with_a_run_and_writes_json(two_models, tmp_path):
 
 @pytest.mark.parametrize("change, message, code", [
     ({"--prompts": "missing.jsonl"}, "--prompts: file not found: missing.jsonl", 1),
-    ({"model": "not-a-model"}, "model not-a-model: neither a Hugging Face model directory nor a "
-                               "finished run directory", 1),
+    ({"model": "not-a-model"}, "model: no Hugging Face model directory at not-a-model "
+                               "(expected a config.json there, or a finished run directory", 1),
     ({"--reward-kwargs": "{nope"}, "--reward-kwargs: not JSON", 2),
     ({"--reward": "nope"}, "reward.name: unknown rewarder 'nope'", 1),
 ])

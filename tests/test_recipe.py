@@ -81,3 +81,51 @@ def test_every_field_has_help_text():
     assert all(description for _, description, _, _ in rows), [r[0] for r in rows if not r[1]]
     required = {name for name, _, _, is_required in rows if is_required}
     assert required == {"model.path", "data.prompts", "reward.name"}
+
+
+# --- the gamma section: one model per controller --------------------------------------------
+def test_a_field_of_another_controller_is_an_error_naming_it(tmp_path):
+    problems = problems_of(tmp_path, MINIMAL + "gamma: {controller: fixed, band: 0.2}\n")
+    assert problems == ["gamma.band: not a field of the fixed controller (its fields: value)"]
+    problems = problems_of(tmp_path, MINIMAL + "gamma: {controller: adaptive, value: 0.4}\n")
+    assert problems[0].startswith("gamma.value: not a field of the adaptive controller")
+
+
+def test_an_unknown_controller_lists_the_choices(tmp_path):
+    assert problems_of(tmp_path, MINIMAL + "gamma: {controller: fxed}\n") == [
+        "gamma.controller: must be one of fixed, schedule, adaptive, gammapo, got 'fxed'"]
+
+
+def test_gamma_defaults_to_fixed_and_each_controller_keeps_only_its_fields(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(MINIMAL + "gamma: {value: 0.3}\n")
+    assert load(path).gamma.model_dump() == {"controller": "fixed", "value": 0.3}
+    path.write_text(MINIMAL)
+    assert load(path).gamma.model_dump() == {"controller": "fixed", "value": 0.5}
+    saved = tmp_path / "saved.yaml"
+    recipe_mod.save(load(path, ["gamma.controller=schedule"]), saved)
+    assert load(saved).gamma.model_dump() == {"controller": "schedule", "start": 1.0,
+                                              "end": 0.2, "shape": "linear"}
+
+
+def test_switching_controller_on_the_command_line_starts_from_its_defaults():
+    # tiny.yaml says `gamma: {controller: fixed, value: 0.5}`; `value` is not adaptive's field.
+    recipe = load(TINY_RECIPE, ["gamma.band=0.1", "gamma.controller=adaptive"])
+    assert recipe.gamma.controller == "adaptive" and recipe.gamma.band == 0.1
+    assert load(TINY_RECIPE, ["gamma.controller=fixed", "gamma.value=0.2"]).gamma.value == 0.2
+
+
+def test_the_recipe_accepts_exactly_the_registries_names():
+    import typing
+
+    from rewarders.base import BUILTINS, rewarder_class
+    from selfplay.control import CONFIGS, CONTROLLERS
+    from selfplay.losses import available_losses
+    from selfplay.recipe import LossConfig
+
+    assert set(typing.get_args(LossConfig.model_fields["name"].annotation)) == set(
+        available_losses())
+    tags = {config.model_fields["controller"].default for config in CONFIGS.values()}
+    assert tags == set(CONTROLLERS) == set(CONFIGS)
+    for name in BUILTINS:  # every built-in's short name resolves to a class
+        assert isinstance(rewarder_class(name), type)
