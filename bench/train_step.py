@@ -92,8 +92,8 @@ def run_selfplay(model_dir, pairs, precision, micro_batch, steps, checkpointing=
     config = TrainConfig(lr=1e-6, micro_batch_size=micro_batch, grad_accum=len(pairs) // micro_batch,
                          precision=precision, warmup_ratio=0.0, lr_schedule="constant",
                          gradient_checkpointing=checkpointing)
-    trainer = Trainer(str(model_dir), config, loss_name="repo", beta=None, seed=0,
-                      total_steps=steps + 1, pad_id=2)
+    trainer = Trainer(str(model_dir), config, loss_name="repo", beta=None, seed=0, pad_id=2,
+                      iterations=steps + 1, pairs_per_iteration=len(pairs))
     trainer.train(pairs, gamma=0.5, iteration=0)  # warm-up step, not timed
     times = []
     for step in range(steps):
