@@ -4,7 +4,8 @@ from __future__ import annotations
 import re
 
 from selfplay.data import format_prompt
-from selfplay.rollout.base import SamplingConfig, build_engine
+from selfplay.rollout import build_engine
+from selfplay.types import SamplingConfig
 
 JUDGE_TEMPLATE = """\
 Rate how well the response answers the request, from {min_score} (useless) to {max_score} \
@@ -95,10 +96,7 @@ class JudgeRewarder:
         """The text the judge generates from; None when even an empty completion won't fit."""
         tokenizer = self.engine.tokenizer
         text = format_prompt(tokenizer, self._render(prompt, completion), True)
-        limit = getattr(self.engine, "max_model_len", None)
-        if limit is None:
-            return text
-        room = limit - self.sampling.max_new_tokens
+        room = self.engine.max_model_len - self.sampling.max_new_tokens
         length = len(tokenizer(text)["input_ids"])
         if length <= room:
             return text

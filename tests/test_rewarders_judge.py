@@ -3,23 +3,39 @@ import pytest
 
 from rewarders.base import RewardError, load_rewarder, score_checked
 from rewarders.judge import GREEDY_TEMPERATURE, JUDGE_TEMPLATE, parse_score
+from selfplay.rollout import RolloutEngine
 from selfplay.types import Completion, Rollout
 from selfplay.tiny_model import build_tokenizer
 
 
-class FakeEngine:
-    """Answers the n-th prompt with replies[n]; records what it was asked."""
+class FakeEngine(RolloutEngine):
+    """Answers the n-th prompt with replies[n]; records what it was asked. Only the interface
+    that RolloutEngine declares, so the judge cannot lean on an engine's internals."""
 
-    def __init__(self, replies, chat_template=None, max_model_len=None):
+    def __init__(self, replies, chat_template=None, max_model_len=4096):
         self.replies = replies
-        self.tokenizer = build_tokenizer()
-        self.tokenizer.chat_template = chat_template
-        self.max_model_len = max_model_len
+        self._tokenizer = build_tokenizer()
+        self._tokenizer.chat_template = chat_template
+        self._max_model_len = max_model_len
         self.calls = []
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    @property
+    def max_model_len(self):
+        return self._max_model_len
 
     def generate(self, prompts, sampling, seed, progress=False):
         self.calls.append((prompts, sampling, seed))
         return [Rollout([], [Completion(reply, [])]) for reply in self.replies[:len(prompts)]]
+
+    def update_weights(self, named_tensors):
+        raise NotImplementedError
+
+    def sequence_logprobs(self, prompt_ids, completion_ids):
+        raise NotImplementedError
 
 
 def judge_with(engine, **kwargs):

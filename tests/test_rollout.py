@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from selfplay.rollout.base import SamplingConfig, build_engine
+from selfplay.rollout import build_engine
+from selfplay.types import SamplingConfig
 from selfplay.train.trainer import Trainer
 from selfplay.recipe import TrainConfig
 from test_train import make_pairs
@@ -62,3 +63,4 @@ def test_after_sync_engine_logprobs_match_the_trainers(engine, tiny_model_dir):
     mean = lambda values: sum(values) / len(values)  # noqa: E731
     assert abs(mean(after) - trainer_mean) < LOGPROB_TOLERANCE
     assert abs(mean(before) - trainer_mean) > 100 * LOGPROB_TOLERANCE
+

@@ -1,14 +1,32 @@
-"""The rollout engine interface: sample completions, take new weights in memory, score sequences."""
+"""The rollout engine interface: sample completions, take new weights in memory, score sequences.
+
+Everything a caller may use is declared here (the loop, the evaluator and the judge rewarder
+see engines only through it), so an engine can move to another process behind the same API.
+"""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from selfplay.types import Rollout, SamplingConfig
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 
 class RolloutEngine(ABC):
     """Engines never see the trainer: the loop hands them weights as (name, tensor) pairs."""
+
+    @property
+    @abstractmethod
+    def tokenizer(self) -> "PreTrainedTokenizerBase":
+        """The served model's tokenizer (a Hugging Face tokenizer, chat template included)."""
+
+    @property
+    @abstractmethod
+    def max_model_len(self) -> int:
+        """Most tokens, prompt plus completion, that one sequence may hold."""
 
     @abstractmethod
     def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int,
@@ -18,23 +36,11 @@ class RolloutEngine(ABC):
 
     @abstractmethod
     def update_weights(self, named_tensors: Iterable[tuple[str, "torch.Tensor"]]) -> None:
-        """Loads new policy weights in place (no restart, no disk)."""
+        """Loads new policy weights in place (no restart, no disk); later calls use them all."""
 
     @abstractmethod
     def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
         """Log-probability of each completion token under the engine's current weights."""
 
     def close(self) -> None:
-        pass
-
-
-def build_engine(kind: str, model_dir: str, *, dtype: str, seed: int, max_model_len: int,
-                 kv_cache_gb: float) -> RolloutEngine:
-    if kind == "vllm":
-        from selfplay.rollout.vllm_engine import VLLMEngine
-        return VLLMEngine(model_dir, dtype=dtype, seed=seed, max_model_len=max_model_len,
-                          kv_cache_gb=kv_cache_gb)
-    if kind == "hf":
-        from selfplay.rollout.hf_engine import HFEngine
-        return HFEngine(model_dir, dtype=dtype, max_model_len=max_model_len)
-    raise ValueError(f"rollout.engine: unknown engine {kind!r} (vllm or hf)")
+        """Frees the engine's memory; the engine is unusable afterwards."""
