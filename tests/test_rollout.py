@@ -64,3 +64,49 @@ def test_after_sync_engine_logprobs_match_the_trainers(engine, tiny_model_dir):
     assert abs(mean(after) - trainer_mean) < LOGPROB_TOLERANCE
     assert abs(mean(before) - trainer_mean) > 100 * LOGPROB_TOLERANCE
 
+
+def build_tied_model(out_dir):
+    """A tiny Llama whose output layer is its input embedding, as SmolLM2's is."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from selfplay.tiny_model import VOCAB_SIZE, build_tokenizer
+
+    config = LlamaConfig(
+        vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
+        tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        torch_dtype="float32")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        LlamaForCausalLM(config).save_pretrained(out_dir, safe_serialization=True)
+    build_tokenizer().save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def tied_model_dir(tmp_path_factory):
+    return build_tied_model(tmp_path_factory.mktemp("tied") / "model")
+
+
+@pytest.mark.parametrize("kind", ["vllm", "hf"])
+def test_after_sync_a_tied_output_layer_uses_the_new_embedding(kind, tied_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    engine = build_engine(kind, str(tied_model_dir), dtype="float32", seed=0,
+                          max_model_len=128, kv_cache_gb=1)
+    tokenizer = AutoTokenizer.from_pretrained(tied_model_dir)
+    prompt_ids = tokenizer("echo a b c:")["input_ids"]
+    completion_ids = tokenizer(" a b c", add_special_tokens=False)["input_ids"]
+    reference = AutoModelForCausalLM.from_pretrained(tied_model_dir, dtype=torch.float32)
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(1)
+        embedding = reference.get_input_embeddings().weight
+        embedding.add_(0.05 * torch.randn_like(embedding))  # the output layer moves with it
+        logps = reference(torch.tensor([prompt_ids + completion_ids])).logits[0].log_softmax(-1)
+    start = len(prompt_ids)
+    expected = [logps[start - 1 + i, token].item() for i, token in enumerate(completion_ids)]
+
+    before = engine.sequence_logprobs(prompt_ids, completion_ids)
+    engine.update_weights(reference.named_parameters())  # tied: no lm_head.weight among them
+    after = engine.sequence_logprobs(prompt_ids, completion_ids)
+    assert after == pytest.approx(expected, abs=LOGPROB_TOLERANCE)
+    assert max(abs(b - e) for b, e in zip(before, expected)) > 100 * LOGPROB_TOLERANCE

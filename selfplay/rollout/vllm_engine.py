@@ -17,6 +17,20 @@ from selfplay.runtime import vllm_cpu_environment
 from selfplay.types import Completion, Rollout, SamplingConfig
 
 
+def _repack_cpu_lm_head(model: torch.nn.Module) -> None:
+    """Rebuilds the LM head's CPU GEMM from its current weight (runs inside the worker).
+
+    On CPU, vLLM computes logits with a oneDNN-packed copy of the head's weight made at load;
+    a reload refreshes the parameter, not that copy, and a head tied to the input embedding is
+    not reloaded at all: without this, sampling after a sync uses the original output layer."""
+    head = getattr(model, "lm_head", None)
+    if head is None or not hasattr(head, "cpu_linear"):
+        return  # not vLLM's CPU GEMM path (e.g. a GPU): the head reads its parameter directly
+    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+    dispatch_cpu_unquantized_gemm(head, remove_weight=False)
+
+
 class VLLMEngine(RolloutEngine):
     def __init__(self, model_dir: str, *, dtype: str, seed: int, max_model_len: int,
                  kv_cache_gb: float = 1.0):
@@ -64,6 +78,7 @@ class VLLMEngine(RolloutEngine):
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         self.llm.collective_rpc("reload_weights",
                                 kwargs={"weights_iterator": iter(list(named_tensors))})
+        self.llm.apply_model(_repack_cpu_lm_head)
         self.llm.reset_prefix_cache()
 
     def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
