@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import re
 
-from selfplay.data import format_prompt
-from selfplay.rollout import build_engine
-from selfplay.types import SamplingConfig
+from selfplay.api import SamplingConfig, build_engine, format_prompt
 
 JUDGE_TEMPLATE = """\
 Rate how well the response answers the request, from {min_score} (useless) to {max_score} \

@@ -3,8 +3,7 @@ import pytest
 
 from rewarders.base import RewardError, load_rewarder, score_checked
 from rewarders.judge import GREEDY_TEMPERATURE, JUDGE_TEMPLATE, parse_score
-from selfplay.rollout import RolloutEngine
-from selfplay.types import Completion, Rollout
+from selfplay.api import Completion, Rollout, RolloutEngine
 from selfplay.tiny_model import build_tokenizer
 
 
