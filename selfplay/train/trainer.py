@@ -46,13 +46,18 @@ class _MicroStep:
 
 
 def _init_single_process_group() -> None:
-    """DeepSpeed needs a process group even for one rank; gloo on CPU."""
+    """DeepSpeed needs a process group even for one rank; gloo on CPU. Leaves nothing behind in
+    /dev/shm."""
     import deepspeed
     import torch.distributed as dist
 
     for key, value in {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "LOCAL_RANK": "0",
-                       "WORLD_SIZE": "1", "LOCAL_SIZE": "1"}.items():
+                       "WORLD_SIZE": "1"}.items():
         os.environ.setdefault(key, value)
+    if os.environ["WORLD_SIZE"] == "1":
+        # LOCAL_SIZE == WORLD_SIZE makes DeepSpeed's CPU comm op create a 69 MB /dev/shm buffer
+        # that it never removes; one rank all-reduces nothing, so training is the same without.
+        os.environ.pop("LOCAL_SIZE", None)
     if dist.is_initialized():  # the rollout engine may have set up the group already
         return
     if "MASTER_PORT" not in os.environ:
