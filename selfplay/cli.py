@@ -56,7 +56,9 @@ def main() -> None:
               help="Continue the run in --output-dir from its newest complete checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Delete an existing run in --output-dir first.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (summary lines only).")
-def run(recipe, overrides, output_dir, resume, overwrite, no_progress):
+@click.option("--verbose", "-v", is_flag=True,
+              help="Show dependencies' warnings and log lines too (or set SELFPLAY_LOG=debug).")
+def run(recipe, overrides, output_dir, resume, overwrite, no_progress, verbose):
     """Run the self-play loop described by RECIPE.
 
     OVERRIDES are KEY=VALUE pairs applied on top of the recipe, e.g. train.lr=1e-5 loop.iterations=4.
@@ -65,8 +67,9 @@ def run(recipe, overrides, output_dir, resume, overwrite, no_progress):
         _fail("--resume and --overwrite exclude each other", 2)
     loaded = _load_recipe(recipe, overrides)
     run_dir = Path(output_dir or Path("runs") / Path(recipe).stem)
-    from selfplay.runtime import configure_environment
+    from selfplay.runtime import configure_environment, configure_logging
     configure_environment()
+    configure_logging(verbose)
     from selfplay.errors import user_errors
     from selfplay.loop import run as run_loop
 
@@ -175,8 +178,10 @@ def report(run_dir, rows):
 @click.option("--engine", type=click.Choice(["vllm", "hf"]), default="vllm", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="Write per-prompt scores as JSON.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Show dependencies' warnings and log lines too (or set SELFPLAY_LOG=debug).")
 def eval_(models, prompts, reward, reward_kwargs, samples, temperature, max_new_tokens,
-          max_model_len, limit, engine, seed, out):
+          max_model_len, limit, engine, seed, out, verbose):
     """Score MODELS on a prompt set with a rewarder; two or more are compared pairwise.
 
     A model is a Hugging Face directory, a run directory (its final/ model) or builtin:NAME.
@@ -192,8 +197,9 @@ def eval_(models, prompts, reward, reward_kwargs, samples, temperature, max_new_
         kwargs = json.loads(reward_kwargs)
     except json.JSONDecodeError as error:
         _fail(f"--reward-kwargs: not JSON: {error}", 2)
-    from selfplay.runtime import configure_environment
+    from selfplay.runtime import configure_environment, configure_logging
     configure_environment()
+    configure_logging(verbose)
     from selfplay.errors import user_errors
     from selfplay.evaluate import evaluate, format_report, save_report
 

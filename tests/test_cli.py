@@ -27,6 +27,7 @@ def test_help_explains_commands():
     for command in ("run", "validate", "status", "rewarders", "fields"):
         assert command in result.stdout
     assert "--resume" in run_cli("run", "--help").stdout
+    assert "SELFPLAY_LOG=debug" in run_cli("eval", "--help").stdout
 
 
 def test_fields_lists_every_recipe_field_with_default_and_help():
@@ -118,6 +119,32 @@ def test_validate_reads_the_prompt_files_and_imports_the_rewarder(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert [line.split(":")[1].strip() for line in error_lines(result)] == [
         "data.chosen_field", "eval.prompts", "model.path", "reward.name"], result.stderr
+
+
+def test_verbose_reaches_the_logging_setup_of_run_and_eval(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from selfplay import evaluate, loop, runtime
+    from selfplay.cli import main
+
+    calls = []
+    monkeypatch.setattr(runtime, "configure_logging", lambda verbose=False: calls.append(verbose))
+    monkeypatch.setattr(loop, "run", lambda *args, **kwargs: None)
+    monkeypatch.setattr(evaluate, "evaluate", lambda *args, **kwargs: {})
+    monkeypatch.setattr(evaluate, "format_report", lambda report: "report")
+    for verbose in ([], ["--verbose"]):
+        for command in (["run", str(TINY_RECIPE), "-o", str(tmp_path / "run")],
+                        ["eval", "builtin:tiny", "--prompts", "p.jsonl"]):
+            result = CliRunner().invoke(main, command + verbose)
+            assert result.exit_code == 0, result.output
+    assert calls == [False, False, True, True]
+
+
+def test_verbose_never_hides_the_error(tmp_path):
+    for verbose, env in ((["--verbose"], None), ([], {"SELFPLAY_LOG": "debug"})):
+        result = run_cli("run", TINY_RECIPE, "-o", tmp_path / "run", "rollout.engine=hf",
+                         "--overwrite", "reward.name=nope", *verbose, env=env)
+        assert_one_line_error(result, "unknown rewarder 'nope'", 1)
 
 
 def test_existing_output_dir_is_never_overwritten_and_resume_needs_a_run(tmp_path):
