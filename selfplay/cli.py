@@ -121,7 +121,7 @@ def fields(section):
 def status(run_dir, as_json):
     """Where a run stands: iterations done, newest checkpoint, last metrics."""
     from selfplay import checkpoint
-    from selfplay.metrics import MetricsLog
+    from selfplay.metrics import MetricsLog, record_cells
 
     run_path = Path(run_dir)
     if not (run_path / "recipe.yaml").exists():
@@ -138,10 +138,10 @@ def status(run_dir, as_json):
     click.echo(f"checkpoint:  {latest.name if latest else 'none'}")
     click.echo(f"final model: {'yes' if (run_path / 'final').exists() else 'not yet'}")
     if records:
-        last = records[-1]
-        reward = "offline" if last["reward_mean"] is None else f"reward {last['reward_mean']:.3f}"
-        click.echo(f"last:        {reward}, γ {last['gamma']:.3f}, "
-                   f"pairs {last['n_pairs']}/{last['n_prompts']}")
+        cells = record_cells(records[-1])
+        reward = "offline" if cells["reward"] == "-" else f"reward {cells['reward']}"
+        click.echo(f"last:        iteration {records[-1]['iteration']}: {reward}, "
+                   f"γ {cells['γ']}, pairs {cells['pairs']}")
 
 
 @main.command()

@@ -118,7 +118,7 @@ def evaluate(models: list[str], prompts: str, *, reward: str = "ifeval",
     model_dirs = [resolve_model_path(m, scratch, field="model") for m in models]
     prompts_path = resolve_prompts(prompts)
     rewarder = load_rewarder(reward, reward_kwargs)
-    table = load_prompt_table(prompts_path, prompt_field)
+    table = load_prompt_table(prompts_path, prompt_field, field="--prompts")
     raw_rows = list(table)[:limit] if limit else list(table)
 
     from transformers import AutoTokenizer
