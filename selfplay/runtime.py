@@ -1,12 +1,31 @@
 """Process environment for a run: the one home of the environment defaults.
 
-`configure_environment` must run before torch, vLLM or DeepSpeed load (they read these variables
-once, at import). Values the user already set always win.
+`configure_environment` and `configure_logging` must run before torch, vLLM or DeepSpeed load
+(they read these variables once, at import). Values the user already set always win.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import warnings
 from pathlib import Path
+from typing import Iterator
+
+# Dependencies whose warnings and info lines a normal run hides (`--verbose` shows them).
+NOISY_LIBRARIES = ("vllm", "torch", "deepspeed", "DeepSpeed", "transformers", "datasets", "ray",
+                   "huggingface_hub", "triton")
+# Read once by each library at import; the level names are each library's own.
+QUIET_ENVIRONMENT = {
+    "VLLM_LOGGING_LEVEL": "ERROR",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "DATASETS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' loading/saving bars, not the run's own
+    "TORCH_CPP_LOG_LEVEL": "ERROR",  # C++ warnings such as vLLM's NUMA binding notice
+    "RAY_DEDUP_LOGS": "1",
+}
 
 
 def configure_environment() -> None:
@@ -17,8 +36,6 @@ def configure_environment() -> None:
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-        "VLLM_LOGGING_LEVEL": "ERROR",
         "TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "selfplay" / "torch_extensions"),
     }
     for key, value in defaults.items():
@@ -34,7 +51,6 @@ def vllm_cpu_environment(kv_cache_gb: float) -> None:
         "VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}",
         "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
         "HF_HUB_OFFLINE": "1",
-        "VLLM_LOGGING_LEVEL": "ERROR",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
@@ -48,3 +64,35 @@ def choose_accelerator() -> str:
     chosen = os.environ.get("DS_ACCELERATOR") or ("cuda" if torch.cuda.is_available() else "cpu")
     os.environ["DS_ACCELERATOR"] = chosen
     return chosen
+
+
+def is_verbose() -> bool:
+    """Whether dependencies may talk: `--verbose` or SELFPLAY_LOG=debug (inherited by workers)."""
+    return os.environ.get("SELFPLAY_LOG", "").lower() == "debug"
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Unless `verbose` (or SELFPLAY_LOG=debug), hides dependencies' warnings, info lines and
+    progress bars, so a run shows its own progress and summary lines. Errors always show: only
+    warnings and records below ERROR are dropped. Verbose leaves every library as it is."""
+    if verbose or is_verbose():
+        os.environ["SELFPLAY_LOG"] = "debug"
+        return
+    for key, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    libraries = "|".join(NOISY_LIBRARIES)
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category, module=rf"({libraries})(\.|$)")
+    for name in NOISY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Swallows what a dependency print()s (e.g. DeepSpeed's "op built successfully"), unless
+    verbose. Only for calls that report problems by raising, never by printing."""
+    if is_verbose():
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield

@@ -1,5 +1,9 @@
-"""The process environment: the accelerator follows the hardware; the user's choice wins."""
+"""The process environment: the accelerator follows the hardware; the user's choice wins;
+a normal run hides dependencies' chatter but never an error."""
+import logging
 import os
+import warnings
+from unittest import mock
 
 import pytest
 import torch
@@ -35,3 +39,64 @@ def test_environment_defaults_keep_the_users_values(monkeypatch):
     runtime.vllm_cpu_environment(kv_cache_gb=2)
     assert os.environ["OMP_NUM_THREADS"] == "3"
     assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "7"
+
+
+@pytest.fixture
+def isolated_logging():
+    """configure_logging changes process-wide state: put back env, filters and levels."""
+    levels = {name: logging.getLogger(name).level for name in runtime.NOISY_LIBRARIES}
+    with mock.patch.dict(os.environ), warnings.catch_warnings():
+        warnings.simplefilter("always")  # whatever -W or pytest set, every warning shows
+        for key in [*runtime.QUIET_ENVIRONMENT, "SELFPLAY_LOG"]:
+            os.environ.pop(key, None)
+        yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def warning_shown(module: str) -> bool:
+    with warnings.catch_warnings(record=True) as caught:  # keeps the filters in place
+        warnings.warn_explicit("deprecated", FutureWarning, "file.py", 1, module=module,
+                               registry={})
+    return bool(caught)
+
+
+def test_quiet_run_hides_dependency_chatter_but_not_errors(isolated_logging):
+    runtime.configure_logging(verbose=False)
+    for name in ("vllm", "deepspeed", "torch", "transformers", "datasets", "ray"):
+        logger = logging.getLogger(name)
+        assert logger.getEffectiveLevel() == logging.ERROR
+        assert logger.isEnabledFor(logging.ERROR)
+    assert logging.getLogger("vllm.triton_utils.importing").getEffectiveLevel() == logging.ERROR
+    assert os.environ["VLLM_LOGGING_LEVEL"] == "ERROR"
+    assert os.environ["TRANSFORMERS_VERBOSITY"] == "error"
+    assert not warning_shown("vllm.triton_utils.dispatcher")
+    assert not warning_shown("torch.distributed")
+    assert warning_shown("selfplay.loop")  # the project's own warnings still show
+    assert warning_shown("torchvision")  # a name that only starts like a library's
+
+
+@pytest.mark.parametrize("verbose, env", [(True, {}), (False, {"SELFPLAY_LOG": "debug"})])
+def test_verbose_leaves_every_library_as_it_is(isolated_logging, verbose, env):
+    os.environ.update(env)
+    logging.getLogger("vllm").setLevel(logging.INFO)
+    runtime.configure_logging(verbose=verbose)
+    assert logging.getLogger("vllm").level == logging.INFO
+    assert logging.getLogger("deepspeed").level == logging.NOTSET
+    assert "VLLM_LOGGING_LEVEL" not in os.environ
+    assert warning_shown("vllm.triton_utils.dispatcher")
+    assert runtime.is_verbose()  # worker processes inherit the choice
+
+
+def test_quiet_run_keeps_the_users_library_settings(isolated_logging):
+    os.environ["VLLM_LOGGING_LEVEL"] = "DEBUG"
+    runtime.configure_logging(verbose=False)
+    assert os.environ["VLLM_LOGGING_LEVEL"] == "DEBUG"
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_dependency_prints_are_swallowed_unless_verbose(isolated_logging, capsys, verbose):
+    runtime.configure_logging(verbose=verbose)
+    with runtime.quiet_stdout():
+        print("DeepSpeed op built successfully")
+    assert ("built successfully" in capsys.readouterr().out) == verbose

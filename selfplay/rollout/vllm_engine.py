@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from selfplay.rollout.base import RolloutEngine
-from selfplay.runtime import vllm_cpu_environment
+from selfplay.runtime import is_verbose, vllm_cpu_environment
 from selfplay.types import Completion, Rollout, SamplingConfig
 
 
@@ -43,7 +43,7 @@ class VLLMEngine(RolloutEngine):
         set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
         self.llm = LLM(model=model_dir, dtype=dtype, seed=seed, max_model_len=max_model_len,
                        enforce_eager=True, distributed_executor_backend="uni",
-                       enable_prefix_caching=False)
+                       enable_prefix_caching=False, use_tqdm_on_load=is_verbose())
         torch.set_num_threads = set_num_threads
         torch.set_num_threads(threads)
         random.setstate(saved_rng[0])
