@@ -5,9 +5,11 @@ Every loss is called as::
     get_loss(name)(chosen_logps, rejected_logps, *, gamma, beta=None,
                    ref_chosen_logps=None, ref_rejected_logps=None) -> LossOutput
 
-``chosen_logps`` / ``rejected_logps`` are 1-D tensors, one sequence log-likelihood per pair. The
-caller decides their normalisation and the loss uses them as given: RePO, SimPO and RePO++ expect
-length-normalised scores ``s(y|x)`` (DESIGN.md), DPO and IPO are defined on summed log-probs.
+``chosen_logps`` / ``rejected_logps`` are 1-D tensors, one sequence log-likelihood per pair. Each
+registered loss declares which it is defined on (``LossSpec.length_normalised``) and the caller
+supplies that: RePO, SimPO and RePO++ take length-normalised scores ``s(y|x)`` (mean log-prob per
+completion token, DESIGN.md); DPO and IPO take summed log-probs (IPO's target ``1/(2β)`` is a
+summed log-ratio: fed per-token means with β = 0.1 it would pull margins toward 5 nats per token).
 
 - ``repo``:   ``mean ReLU(γ − M)`` with ``M = chosen − rejected``; no β, no reference.
 - ``simpo``:  ``mean −log σ(β(M − γ))``; default β 2.0.
@@ -60,6 +62,12 @@ class LossSpec:
     fn: Callable[..., LossOutput]
     default_beta: float | None  # None: the loss has no β
     reference: str  # "none", "optional" or "required"
+    length_normalised: bool  # True: mean log-prob per completion token; False: summed log-probs
+
+    @property
+    def needs_reference(self) -> bool:
+        """True when the caller must supply a frozen reference model's log-probs."""
+        return self.reference == "required"
 
     def __call__(
         self,
@@ -87,12 +95,15 @@ class LossSpec:
 _LOSSES: dict[str, LossSpec] = {}
 
 
-def register_loss(name: str, *, default_beta: float | None = None, reference: str = "none"):
+def register_loss(name: str, *, default_beta: float | None = None, reference: str = "none",
+                  length_normalised: bool = True):
     """Decorator adding ``fn(chosen, rejected, *, gamma, beta, reference)`` under ``name``.
 
     ``default_beta`` is None for a loss without β. The decorator's ``reference`` says whether the
     loss takes reference log-probs ("none", "optional", "required"); ``fn`` then receives them as
     ``reference``: None or the pair ``(ref_chosen_logps, ref_rejected_logps)``, already checked.
+    ``length_normalised`` says which log-likelihoods the loss is defined on: per-token means
+    (True) or sums over the completion (False); the trainer supplies those.
     """
     if reference not in ("none", "optional", "required"):
         raise ValueError(f"reference must be 'none', 'optional' or 'required', got {reference!r}")
@@ -100,7 +111,7 @@ def register_loss(name: str, *, default_beta: float | None = None, reference: st
     def decorator(fn: Callable[..., LossOutput]) -> Callable[..., LossOutput]:
         if name in _LOSSES:
             raise ValueError(f"loss {name!r} is already registered")
-        _LOSSES[name] = LossSpec(name, fn, default_beta, reference)
+        _LOSSES[name] = LossSpec(name, fn, default_beta, reference, bool(length_normalised))
         return fn
 
     return decorator
@@ -122,7 +133,7 @@ def get_loss(name: str) -> LossSpec:
 
 def needs_reference(name: str) -> bool:
     """True when the loss cannot run without a frozen reference model's log-probs."""
-    return get_loss(name).reference == "required"
+    return get_loss(name).needs_reference
 
 
 def needs_beta(name: str) -> bool:
@@ -197,7 +208,7 @@ def _reference_margins(chosen, rejected, reference) -> torch.Tensor:
     return (chosen - ref_chosen) - (rejected - ref_rejected)
 
 
-@register_loss("repo")
+@register_loss("repo", length_normalised=True)
 def repo_loss(chosen, rejected, *, gamma, beta, reference) -> LossOutput:
     """RePO: ``mean ReLU(γ − M)``; pairs with ``M ≥ γ`` get exactly zero gradient."""
     margins = chosen - rejected
@@ -205,7 +216,7 @@ def repo_loss(chosen, rejected, *, gamma, beta, reference) -> LossOutput:
     return LossOutput(loss, margins.detach(), (margins < gamma).detach())
 
 
-@register_loss("simpo", default_beta=2.0)
+@register_loss("simpo", default_beta=2.0, length_normalised=True)
 def simpo_loss(chosen, rejected, *, gamma, beta, reference) -> LossOutput:
     """SimPO: ``mean −log σ(β(M − γ))``; ``active`` reports RePO's notion ``M < γ``."""
     margins = chosen - rejected
@@ -214,7 +225,7 @@ def simpo_loss(chosen, rejected, *, gamma, beta, reference) -> LossOutput:
     return LossOutput(loss, margins.detach(), (margins < gamma).detach())
 
 
-@register_loss("repo++", default_beta=2.0)
+@register_loss("repo++", default_beta=2.0, length_normalised=True)
 def repo_plus_plus_loss(chosen, rejected, *, gamma, beta, reference) -> LossOutput:
     """RePO++: SimPO's term for pairs with ``M < γ``, zero for the rest, mean over all pairs."""
     margins = chosen - rejected
@@ -225,7 +236,7 @@ def repo_plus_plus_loss(chosen, rejected, *, gamma, beta, reference) -> LossOutp
     return LossOutput(loss, margins.detach(), active)
 
 
-@register_loss("dpo", default_beta=0.1, reference="required")
+@register_loss("dpo", default_beta=0.1, reference="required", length_normalised=False)
 def dpo_loss(chosen, rejected, *, gamma, beta, reference) -> LossOutput:
     """DPO: ``mean −log σ(β h)``, ``h`` the reference-adjusted margin; γ is ignored."""
     margins = _reference_margins(chosen, rejected, reference)
@@ -233,7 +244,7 @@ def dpo_loss(chosen, rejected, *, gamma, beta, reference) -> LossOutput:
     return LossOutput(loss, margins.detach(), torch.ones_like(margins, dtype=torch.bool))
 
 
-@register_loss("ipo", default_beta=0.1, reference="optional")
+@register_loss("ipo", default_beta=0.1, reference="optional", length_normalised=False)
 def ipo_loss(chosen, rejected, *, gamma, beta, reference) -> LossOutput:
     """IPO: ``mean (h − 1/(2β))²``; ``h = M`` without a reference; γ is ignored."""
     margins = _reference_margins(chosen, rejected, reference)

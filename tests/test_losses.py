@@ -193,6 +193,24 @@ def test_available_losses_and_flags():
     assert available_losses() == ALL_LOSSES
     assert [n for n in ALL_LOSSES if needs_reference(n)] == ["dpo"]
     assert [n for n in ALL_LOSSES if needs_beta(n)] == ["dpo", "ipo", "repo++", "simpo"]
+    assert [n for n in ALL_LOSSES if get_loss(n).needs_reference] == ["dpo"]
+
+
+def test_each_loss_declares_the_normalisation_it_is_defined_on():
+    # RePO/SimPO/RePO++ on per-token means s(y|x); DPO and IPO on summed log-probs.
+    assert [n for n in ALL_LOSSES if get_loss(n).length_normalised] == ["repo", "repo++", "simpo"]
+
+
+def test_ipo_optimum_is_a_summed_log_ratio_of_one_over_two_beta():
+    # β = 0.1: the loss is least, with zero gradient, where the margin is 1/(2β) = 5 nats in the
+    # units it is given; the registry says those are summed log-probs, not per-token means.
+    assert not get_loss("ipo").length_normalised
+    for margin, expect_zero in ((5.0, True), (4.0, False), (0.5, False)):
+        chosen = logps(-10.0 + margin, grad=True)
+        out = get_loss("ipo")(chosen, logps(-10.0), gamma=0.0, beta=0.1)
+        out.loss.backward()
+        assert (out.loss.item() == pytest.approx(0.0)) is expect_zero
+        assert (abs(chosen.grad.item()) < 1e-12) is expect_zero
 
 
 def test_unknown_loss_names_the_choices():
@@ -217,6 +235,7 @@ def test_registered_loss_is_found(monkeypatch):
         return losses.LossOutput(loss, margins.detach(), (margins < gamma).detach())
 
     assert "hinge" in available_losses() and needs_beta("hinge")
+    assert get_loss("hinge").length_normalised and not get_loss("hinge").needs_reference
     # M = [0.3, 0.9], β = 1, γ = 0.5: (0.2 + 0) / 2 = 0.1.
     assert get_loss("hinge")(*two_pairs(), gamma=0.5).loss.item() == pytest.approx(0.1)
 

@@ -130,3 +130,28 @@ def test_trainer_owns_its_schedule_and_reports_its_learning_rate(tiny_model_dir)
     trainer.train(make_pairs(4), gamma=0.5, iteration=1)
     # Two of four linear-decay steps taken: half the peak rate is left.
     assert trainer.lr == pytest.approx(0.5e-3)
+
+
+@pytest.mark.parametrize("loss_name, length_normalised", [("repo", True), ("ipo", False)])
+def test_trainer_feeds_each_loss_the_normalisation_it_declares(tiny_model_dir, loss_name,
+                                                                length_normalised):
+    """IPO's 1/(2β) is a summed log-ratio: its margins are summed log-probs, RePO's per-token."""
+    from transformers import AutoModelForCausalLM
+
+    config = TrainConfig(micro_batch_size=2)
+    trainer = Trainer(str(tiny_model_dir), config, loss_name=loss_name, beta=None, seed=0,
+                      pad_id=0, iterations=1, pairs_per_iteration=4)
+    pairs = make_pairs(4)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    expected = []
+    for pair in pairs:
+        scores = []
+        for completion in (pair.chosen.token_ids, pair.rejected.token_ids):
+            ids = torch.tensor([pair.prompt_ids + completion])
+            with torch.no_grad():
+                logps = model(input_ids=ids).logits[0].log_softmax(-1)
+            start = len(pair.prompt_ids)
+            token_logps = logps[start - 1:-1].gather(-1, ids[0, start:].unsqueeze(-1))
+            scores.append(token_logps.mean() if length_normalised else token_logps.sum())
+        expected.append((scores[0] - scores[1]).item())
+    assert trainer.margins(pairs) == pytest.approx(expected, abs=1e-4)

@@ -40,25 +40,30 @@ def batch_of_two():
     return pad_batch(sequences, [len(p) for p in prompts], pad_id=0), prompts, completions
 
 
-def model_forward_logps(model, batch, prompts, completions):
-    """Full-vocabulary log-softmax of the model's own logits, mean over completion tokens."""
+def model_forward_logps(model, batch, prompts, completions, length_normalised=True):
+    """Full-vocabulary log-softmax of the model's own logits, mean (or sum) over completion
+    tokens."""
     logps = model(input_ids=batch["input_ids"],
                   attention_mask=batch["attention_mask"]).logits.float().log_softmax(-1)
-    return torch.stack([
-        torch.stack([logps[row, len(prompt) - 1 + i, token] for i, token in enumerate(tokens)])
-        .mean() for row, (prompt, tokens) in enumerate(zip(prompts, completions))])
+    scores = []
+    for row, (prompt, tokens) in enumerate(zip(prompts, completions)):
+        token_logps = torch.stack([logps[row, len(prompt) - 1 + i, token]
+                                   for i, token in enumerate(tokens)])
+        scores.append(token_logps.mean() if length_normalised else token_logps.sum())
+    return torch.stack(scores)
 
 
+@pytest.mark.parametrize("length_normalised", [True, False])
 @pytest.mark.parametrize("build", [llama, gemma2_soft_capped, cohere_scaled, granite_scaled])
-def test_completion_logps_equal_the_models_own_forward(build):
+def test_completion_logps_equal_the_models_own_forward(build, length_normalised):
     torch.manual_seed(0)
     model = build().eval()
     batch, prompts, completions = batch_of_two()
-    ours = CompletionLogps(model, chunk_tokens=3)(**batch)
+    ours = CompletionLogps(model, chunk_tokens=3, length_normalised=length_normalised)(**batch)
     ours.sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    expected = model_forward_logps(model, batch, prompts, completions)
+    expected = model_forward_logps(model, batch, prompts, completions, length_normalised)
     expected.sum().backward()
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
     for name, param in model.named_parameters():

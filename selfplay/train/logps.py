@@ -1,4 +1,4 @@
-"""Length-normalised completion log-likelihoods without a vocabulary-sized tensor per batch.
+"""Completion log-likelihoods (per-token means or sums) without a vocabulary-sized tensor per batch.
 
 A plain implementation materialises fp32 log-softmax over the whole vocabulary for every token
 (12.8 GB for SmolLM2-135M on 8 pairs x 300 tokens). Here the LM head runs only on completion
@@ -80,17 +80,20 @@ def _chunk_token_logps(hidden: torch.Tensor, targets: torch.Tensor, lm_head: tor
 
 
 class CompletionLogps(torch.nn.Module):
-    """Wraps a causal LM; forward returns each sequence's mean log-prob over completion tokens.
+    """Wraps a causal LM; forward returns each sequence's log-prob of its completion tokens: the
+    mean per token (`length_normalised`, the default) or the sum.
 
     Being the module DeepSpeed wraps, it keeps the HF model as `.model` so weights export under
     their usual names. Raises `UnsupportedModelError` when its log-probs differ from the model's
     own forward (checked once, on a few tokens).
     """
 
-    def __init__(self, model: torch.nn.Module, chunk_tokens: int = 1024):
+    def __init__(self, model: torch.nn.Module, chunk_tokens: int = 1024,
+                 length_normalised: bool = True):
         super().__init__()
         self.model = model
         self.chunk_tokens = chunk_tokens
+        self.length_normalised = length_normalised
         transform = LogitTransform.of(model)
         self.transform = None if transform == LogitTransform() else transform
         self._check_against_model_forward()
@@ -107,6 +110,8 @@ class CompletionLogps(torch.nn.Module):
         self.model.eval()
         try:
             ours = self(**batch)[0].item()
+            if not self.length_normalised:
+                ours /= input_ids.shape[1] - 1  # compare per token: the tolerance stays meaningful
             logits = self.model(input_ids=batch["input_ids"],
                                 attention_mask=batch["attention_mask"]).logits.float()
         finally:
@@ -141,4 +146,6 @@ class CompletionLogps(torch.nn.Module):
         rows = torch.arange(input_ids.shape[0]).unsqueeze(1).expand_as(target_mask)[target_mask]
         sums = torch.zeros(input_ids.shape[0], dtype=token_logps.dtype).index_add(0, rows,
                                                                                   token_logps)
+        if not self.length_normalised:
+            return sums
         return sums / target_mask.sum(1).clamp(min=1)

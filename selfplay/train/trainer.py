@@ -2,8 +2,8 @@
 imports DeepSpeed.
 
 The trainer never branches on the loss name: it asks the loss registry for a function and feeds
-it length-normalised log-likelihoods of chosen and rejected completions, computed in one forward
-pass.
+it the log-likelihoods of chosen and rejected completions, computed in one forward pass, in the
+normalisation the loss declares (per-token means or sums).
 """
 from __future__ import annotations
 
@@ -118,7 +118,8 @@ class Trainer:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-        policy = CompletionLogps(model, chunk_tokens=config.logit_chunk_tokens)
+        policy = CompletionLogps(model, chunk_tokens=config.logit_chunk_tokens,
+                                 length_normalised=self.loss_fn.length_normalised)
         # The fused kernel updates in place: no parameter-sized temporaries (less peak memory).
         optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr,
                                       weight_decay=config.weight_decay, fused=True)
@@ -162,7 +163,8 @@ class Trainer:
 
     @torch.no_grad()
     def margins(self, pairs: list[Pair]) -> list[float]:
-        """Current margins M = s(chosen) − s(rejected), without updating anything."""
+        """Current margins M = s(chosen) − s(rejected), without updating anything; in the loss's
+        declared units (per-token means or sums)."""
         out = []
         for start in range(0, len(pairs), self.config.micro_batch_size):
             chosen, rejected, _ = self._logps(pairs[start:start + self.config.micro_batch_size])
