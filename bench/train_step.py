@@ -24,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))

@@ -8,7 +8,6 @@ SELFPLAY_VENV="${SELFPLAY_VENV:-$HOME/.cache/selfplay/venv}"
 SELFPLAY_EXTRAS="${SELFPLAY_EXTRAS:-cpu,test,ifeval,quickstart,logging}"
 # DeepSpeed JIT-builds its CPU communication op once; keep it where the next run finds it.
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$HOME/.cache/selfplay/torch_extensions}"
-export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
 
 _selfplay_pip() {
     local log="$SELFPLAY_VENV/.selfplay-pip.log"

@@ -3,9 +3,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from selfplay.runtime import configure_environment
+from selfplay.runtime import configure_environment, configure_logging
 
 configure_environment()  # before torch or vLLM load, as the CLI does
+configure_logging(verbose=False)
 
 import pytest  # noqa: E402
 
