@@ -1,4 +1,5 @@
 """The DeepSpeed trainer: exact completion log-probs, real updates, exact save/load."""
+import math
 import random
 
 import pytest
@@ -155,3 +156,45 @@ def test_trainer_feeds_each_loss_the_normalisation_it_declares(tiny_model_dir, l
             scores.append(token_logps.mean() if length_normalised else token_logps.sum())
         expected.append((scores[0] - scores[1]).item())
     assert trainer.margins(pairs) == pytest.approx(expected, abs=1e-4)
+
+
+def make_dpo_trainer(model_dir, loss_name="dpo", **overrides):
+    config = TrainConfig(**{"lr": 1e-2, "micro_batch_size": 4, "warmup_ratio": 0.0,
+                            "lr_schedule": "constant", **overrides})
+    return Trainer(str(model_dir), config, loss_name=loss_name, beta=None, seed=0, pad_id=0,
+                   iterations=3, pairs_per_iteration=4)
+
+
+def test_dpo_trains_online_against_a_frozen_copy_of_the_initial_policy(tiny_model_dir):
+    trainer = make_dpo_trainer(tiny_model_dir)
+    initial = {name: tensor.clone() for name, tensor in trainer.reference.model.named_parameters()}
+    pairs = make_pairs(4)
+    first = trainer.train(pairs, gamma=0.5, iteration=1)
+    # One step on 4 pairs: the policy still equals the reference, h = 0, −log σ(0) = log 2.
+    assert first.steps == 1 and first.loss == pytest.approx(math.log(2), abs=1e-5)
+    assert first.margins == pytest.approx([0.0] * 4, abs=1e-4)
+    between = trainer.margins(pairs)
+    second = trainer.train(pairs, gamma=0.5, iteration=2)
+    # The policy moved away from the reference, which stayed as it was; DPO raised h, and
+    # margins() reports the loss's own reference-adjusted h.
+    assert second.loss < first.loss and sum(second.margins) > 0.01
+    assert between == pytest.approx(second.margins, abs=1e-4)
+    assert all(torch.equal(tensor, initial[name])
+               for name, tensor in trainer.reference.model.named_parameters())
+    assert not trainer.reference.training
+    assert not any(p.requires_grad for p in trainer.reference.parameters())
+
+
+@pytest.mark.parametrize("loss_name", ["repo", "ipo"])
+def test_losses_without_a_required_reference_build_none(tiny_model_dir, loss_name):
+    assert make_dpo_trainer(tiny_model_dir, loss_name=loss_name).reference is None
+
+
+@pytest.mark.parametrize("stage, precision", [(3, "fp32"), (0, "bf16")])
+def test_dpo_reference_under_zero3_and_bf16(tiny_model_dir, stage, precision):
+    trainer = make_dpo_trainer(tiny_model_dir, zero_stage=stage, precision=precision)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    assert all(p.dtype == dtype for p in trainer.reference.parameters())
+    first = trainer.train(make_pairs(4), gamma=0.5, iteration=1)
+    assert first.loss == pytest.approx(math.log(2), abs=1e-2)
+    assert math.isfinite(trainer.train(make_pairs(4), gamma=0.5, iteration=2).loss)

@@ -7,6 +7,7 @@ normalisation the loss declares (per-token means or sums).
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import socket
@@ -68,6 +69,12 @@ def _init_single_process_group() -> None:
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
 
+def _frozen_copy(policy: CompletionLogps, precision: str) -> CompletionLogps:
+    """The policy as it is now, for reference log-probs: no gradient, eval mode, working dtype."""
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    return reference.to(torch.bfloat16) if precision == "bf16" else reference
+
+
 def total_optimizer_steps(config: TrainConfig, iterations: int, pairs_per_iteration: int) -> int:
     """Optimizer steps of a whole run: each iteration's pairs in windows of
     micro_batch_size × grad_accum, `epochs_per_iteration` times (the schedule's length)."""
@@ -91,6 +98,12 @@ class Trainer:
 
     The schedule spans the whole run: `iterations` updates of `pairs_per_iteration` pairs each
     (`total_steps`). `total_steps=` (the old way of passing it in) is still accepted for now.
+
+    A loss that declares `needs_reference` (DPO) gets a frozen copy of the initial policy
+    (`reference`: no gradient, eval mode, never updated): one more copy of the weights in the
+    working dtype (fp32, or bf16 with `precision: bf16`), not sharded by ZeRO, and one no-grad
+    forward per pair per update. Other losses build none and pay nothing. The reference is the
+    weights in `model_dir`, so a resumed run rebuilds the same one.
     """
 
     def __init__(self, model_dir: str, config: TrainConfig, *, loss_name: str,
@@ -120,6 +133,9 @@ class Trainer:
         model.config.use_cache = False
         policy = CompletionLogps(model, chunk_tokens=config.logit_chunk_tokens,
                                  length_normalised=self.loss_fn.length_normalised)
+        # Copied before DeepSpeed wraps (and under ZeRO-3 shards) the policy's parameters.
+        self.reference = (_frozen_copy(policy, config.precision)
+                          if self.loss_fn.needs_reference else None)
         # The fused kernel updates in place: no parameter-sized temporaries (less peak memory).
         optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr,
                                       weight_decay=config.weight_decay, fused=True)
@@ -138,6 +154,8 @@ class Trainer:
         }
         self.engine, _, _, _ = deepspeed.initialize(
             model=policy, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        if self.reference is not None:
+            self.reference.to(self.engine.device)
 
     @property
     def lr(self) -> float:
@@ -162,13 +180,36 @@ class Trainer:
         return scores[:len(pairs)], scores[len(pairs):], tokens
 
     @torch.no_grad()
+    def _reference_logps(self, pairs: list[Pair]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The frozen reference's log-probs of each pair's chosen and rejected completion (fp32,
+        in pair order); None when the loss needs no reference."""
+        if self.reference is None:
+            return None
+        chosen, rejected = [], []
+        for start in range(0, len(pairs), self.config.micro_batch_size):
+            some = pairs[start:start + self.config.micro_batch_size]
+            scores = self.reference(**self._batch(some)).float()
+            chosen.append(scores[:len(some)])
+            rejected.append(scores[len(some):])
+        return torch.cat(chosen), torch.cat(rejected)
+
+    @torch.no_grad()
     def margins(self, pairs: list[Pair]) -> list[float]:
-        """Current margins M = s(chosen) − s(rejected), without updating anything; in the loss's
-        declared units (per-token means or sums)."""
+        """Current margins, without updating anything, in the loss's declared units (per-token
+        means or sums): M = s(chosen) − s(rejected), or with a reference the loss's
+        h = (s(chosen) − ref(chosen)) − (s(rejected) − ref(rejected))."""
         out = []
         for start in range(0, len(pairs), self.config.micro_batch_size):
-            chosen, rejected, _ = self._logps(pairs[start:start + self.config.micro_batch_size])
-            out.extend((chosen - rejected).float().tolist())
+            some = pairs[start:start + self.config.micro_batch_size]
+            chosen, rejected, _ = self._logps(some)
+            if self.reference is None:
+                out.extend((chosen - rejected).float().tolist())
+                continue
+            ref_chosen, ref_rejected = self._reference_logps(some)
+            # The loss's own margins, so these match TrainStats.margins' units exactly.
+            out.extend(self.loss_fn(chosen.float(), rejected.float(), gamma=0.0, beta=self.beta,
+                                    ref_chosen_logps=ref_chosen,
+                                    ref_rejected_logps=ref_rejected).margins.tolist())
         return out
 
     # --- the update ------------------------------------------------------------------------
@@ -183,6 +224,7 @@ class Trainer:
         first_margins: list[float | None] = [None] * len(pairs)
         first_gammas: list[float | None] = [None] * len(pairs)
         gamma_fn = gamma if callable(gamma) else (lambda margins: gamma)
+        reference = self._reference_logps(pairs)  # once per pair, before any step
         losses, tokens, steps = [], 0, 0
         self.engine.train()
         micro_batches = self.config.epochs_per_iteration * -(-len(pairs) // micro)
@@ -195,7 +237,9 @@ class Trainer:
                 # still averages over its own pairs.
                 out = self._micro_step([pairs[i] for i in ids], gamma_fn,
                                        share=len(ids) / len(window),
-                                       boundary=micro_start + micro >= len(window))
+                                       boundary=micro_start + micro >= len(window),
+                                       reference=None if reference is None else
+                                       (reference[0][ids], reference[1][ids]))
                 losses.append(out.loss * len(ids))
                 tokens += out.tokens
                 bar.update(1)
@@ -217,14 +261,17 @@ class Trainer:
             for start in range(0, count, window):
                 yield epoch, order[start:start + window]
 
-    def _micro_step(self, pairs: list[Pair], gamma_fn: GammaFn, *, share: float,
-                    boundary: bool) -> _MicroStep:
+    def _micro_step(self, pairs: list[Pair], gamma_fn: GammaFn, *, share: float, boundary: bool,
+                    reference: tuple[torch.Tensor, torch.Tensor] | None = None) -> _MicroStep:
         """Forward, loss, backward and (at a window's `boundary`) the optimizer step of one
-        micro-batch; its gradient counts with weight `share` in its window's average."""
+        micro-batch; its gradient counts with weight `share` in its window's average.
+        `reference`: the frozen reference's chosen and rejected log-probs of these pairs."""
         chosen, rejected, n_tokens = self._logps(pairs)
         chosen, rejected = chosen.float(), rejected.float()
         gammas = gamma_fn((chosen - rejected).detach().tolist())
-        out = self.loss_fn(chosen, rejected, gamma=gammas, beta=self.beta)
+        ref_chosen, ref_rejected = reference if reference is not None else (None, None)
+        out = self.loss_fn(chosen, rejected, gamma=gammas, beta=self.beta,
+                           ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected)
         self.engine.set_gradient_accumulation_boundary(boundary)
         self.engine.backward(out.loss * share, scale_wrt_gas=False)
         self.engine.step()
