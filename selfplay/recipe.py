@@ -185,9 +185,6 @@ class Recipe(Section):
     def _check_cross_fields(self) -> "Recipe":
         if self.reward is None and (self.mode == "online" or self.eval.prompts):
             raise ValueError("reward: required (online mode and evaluation score completions)")
-        if self.loss.name == "dpo":
-            raise ValueError("loss.name: dpo needs a frozen reference model, which the online "
-                             "loop does not keep yet; use repo, simpo, ipo or repo++")
         return self
 
     def to_dict(self) -> dict:

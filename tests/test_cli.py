@@ -334,3 +334,19 @@ def test_self_rewarding_judge_scores_with_the_policy_engine(tmp_path):
     assert len(scores) == 32 and all(0.0 <= s <= 1.0 for s in scores)
     record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     assert 0 <= record["reward_judge_unparsed"] <= 32  # the judge's own metric reaches the log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["dpo", "ipo"])
+def test_every_registered_loss_runs_online(tmp_path, loss):
+    """DPO keeps a frozen reference; IPO's margins are summed log-ratios (its declared units)."""
+    run_dir = tmp_path / "run"
+    result = run_cli("run", TINY_RECIPE, "-o", run_dir, "--no-progress", f"loss.name={loss}",
+                     "rollout.engine=hf", "loop.iterations=2", "eval.prompts=null",
+                     "data.prompts_per_iteration=8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [1, 2]
+    assert all(r["loss"] is not None and r["n_pairs"] > 0 for r in records)
+    if loss == "dpo":  # policy == reference before the first step: every margin is 0
+        assert records[0]["margin_p10"] == records[0]["margin_p90"] == 0.0

@@ -1,4 +1,8 @@
 """Rollout engines: seeded sampling, and in-memory weight sync that the engine really uses."""
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -7,6 +11,8 @@ from selfplay.types import SamplingConfig
 from selfplay.train.trainer import Trainer
 from selfplay.recipe import TrainConfig
 from test_train import make_pairs
+
+from conftest import REPO
 
 SAMPLING = SamplingConfig(n=3, max_new_tokens=12)
 PROMPTS = ["echo a b c d:", "echo e f g h:"]
@@ -46,7 +52,7 @@ def test_sampling_leaves_the_callers_rng_alone(engine):
 def test_after_sync_engine_logprobs_match_the_trainers(engine, tiny_model_dir):
     config = TrainConfig(lr=5e-3, micro_batch_size=4, warmup_ratio=0.0, lr_schedule="constant")
     trainer = Trainer(str(tiny_model_dir), config, loss_name="repo", beta=None, seed=0,
-                      total_steps=10, pad_id=0)
+                      pad_id=0, iterations=10, pairs_per_iteration=4)
     pairs = make_pairs(8)
     for iteration in range(1, 4):
         trainer.train(pairs, gamma=1.0, iteration=iteration)
@@ -87,16 +93,17 @@ def tied_model_dir(tmp_path_factory):
     return build_tied_model(tmp_path_factory.mktemp("tied") / "model")
 
 
-@pytest.mark.parametrize("kind", ["vllm", "hf"])
-def test_after_sync_a_tied_output_layer_uses_the_new_embedding(kind, tied_model_dir):
+def tied_sync_logprobs(kind: str, model_dir: str) -> dict:
+    """An engine on the tied model takes a perturbed embedding; its log-probs of a fixed
+    sequence before and after the sync, and a Hugging Face forward of the new weights."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    engine = build_engine(kind, str(tied_model_dir), dtype="float32", seed=0,
-                          max_model_len=128, kv_cache_gb=1)
-    tokenizer = AutoTokenizer.from_pretrained(tied_model_dir)
+    engine = build_engine(kind, model_dir, dtype="float32", seed=0, max_model_len=128,
+                          kv_cache_gb=1)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prompt_ids = tokenizer("echo a b c:")["input_ids"]
     completion_ids = tokenizer(" a b c", add_special_tokens=False)["input_ids"]
-    reference = AutoModelForCausalLM.from_pretrained(tied_model_dir, dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(1)
         embedding = reference.get_input_embeddings().weight
@@ -104,9 +111,23 @@ def test_after_sync_a_tied_output_layer_uses_the_new_embedding(kind, tied_model_
         logps = reference(torch.tensor([prompt_ids + completion_ids])).logits[0].log_softmax(-1)
     start = len(prompt_ids)
     expected = [logps[start - 1 + i, token].item() for i, token in enumerate(completion_ids)]
-
     before = engine.sequence_logprobs(prompt_ids, completion_ids)
     engine.update_weights(reference.named_parameters())  # tied: no lm_head.weight among them
     after = engine.sequence_logprobs(prompt_ids, completion_ids)
-    assert after == pytest.approx(expected, abs=LOGPROB_TOLERANCE)
-    assert max(abs(b - e) for b, e in zip(before, expected)) > 100 * LOGPROB_TOLERANCE
+    return {"before": before, "after": after, "expected": expected}
+
+
+@pytest.mark.parametrize("kind", ["vllm", "hf"])
+def test_after_sync_a_tied_output_layer_uses_the_new_embedding(kind, tied_model_dir):
+    # In a fresh process: a second vLLM engine in this one replaces the process group that the
+    # module's engine and DeepSpeed share, which would break the trainers of later tests.
+    code = ("import json, sys; sys.path.insert(0, 'tests'); import conftest; "
+            "from test_rollout import tied_sync_logprobs; "
+            f"print(json.dumps(tied_sync_logprobs({kind!r}, {str(tied_model_dir)!r})))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["after"] == pytest.approx(result["expected"], abs=LOGPROB_TOLERANCE)
+    assert max(abs(b - e) for b, e in zip(result["before"], result["expected"])) > (
+        100 * LOGPROB_TOLERANCE)

@@ -10,6 +10,7 @@ from typing import Iterable
 import torch
 
 from selfplay.rollout.base import RolloutEngine
+from selfplay.tokens import pad_token_id
 from selfplay.types import Completion, Rollout, SamplingConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -23,9 +24,7 @@ class HFEngine(RolloutEngine):
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype]).eval()
         self._max_model_len = max_model_len
         self.batch_size = batch_size
-        self.pad_id = self.tokenizer.pad_token_id
-        if self.pad_id is None:
-            self.pad_id = self.tokenizer.eos_token_id
+        self.pad_id = pad_token_id(self.tokenizer)
         self.eos_id = self.tokenizer.eos_token_id
 
     @property

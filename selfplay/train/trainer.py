@@ -21,7 +21,7 @@ from selfplay.losses import get_loss
 from selfplay.seeding import epoch_seed
 from selfplay.types import Pair
 from selfplay.recipe import TrainConfig
-from selfplay.runtime import choose_accelerator
+from selfplay.runtime import choose_accelerator, quiet_stdout
 from selfplay.train.logps import CompletionLogps, pad_batch
 
 
@@ -97,7 +97,7 @@ class Trainer:
     """Owns the policy, its optimizer and its learning-rate schedule.
 
     The schedule spans the whole run: `iterations` updates of `pairs_per_iteration` pairs each
-    (`total_steps`). `total_steps=` (the old way of passing it in) is still accepted for now.
+    (`total_steps`).
 
     A loss that declares `needs_reference` (DPO) gets a frozen copy of the initial policy
     (`reference`: no gradient, eval mode, never updated): one more copy of the weights in the
@@ -107,19 +107,15 @@ class Trainer:
     """
 
     def __init__(self, model_dir: str, config: TrainConfig, *, loss_name: str,
-                 beta: float | None, seed: int, pad_id: int, iterations: int | None = None,
-                 pairs_per_iteration: int | None = None, total_steps: int | None = None):
+                 beta: float | None, seed: int, pad_id: int, iterations: int,
+                 pairs_per_iteration: int):
         choose_accelerator()  # before deepspeed loads: it reads DS_ACCELERATOR once, at import
         import deepspeed
         from transformers import AutoModelForCausalLM
 
-        if total_steps is None:
-            if iterations is None or pairs_per_iteration is None:
-                raise TypeError("Trainer needs iterations= and pairs_per_iteration=")
-            total_steps = total_optimizer_steps(config, iterations, pairs_per_iteration)
-        elif iterations is not None or pairs_per_iteration is not None:
-            raise TypeError("pass iterations= and pairs_per_iteration=, not total_steps=")
-        _init_single_process_group()
+        total_steps = total_optimizer_steps(config, iterations, pairs_per_iteration)
+        with quiet_stdout():  # DeepSpeed print()s "op built successfully" on every start
+            _init_single_process_group()
         self.config = config
         self.loss_fn = get_loss(loss_name)
         self.beta = beta
