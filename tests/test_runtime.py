@@ -49,6 +49,8 @@ def isolated_logging():
         warnings.simplefilter("always")  # whatever -W or pytest set, every warning shows
         for key in [*runtime.QUIET_ENVIRONMENT, "SELFPLAY_LOG"]:
             os.environ.pop(key, None)
+        for name in runtime.NOISY_LIBRARIES:  # as a fresh process has them (conftest quiets)
+            logging.getLogger(name).setLevel(logging.NOTSET)
         yield
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
