@@ -8,12 +8,14 @@ normalisation the loss declares (per-token means or sums).
 from __future__ import annotations
 
 import copy
+import datetime
 import math
 import os
 import socket
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
+import numpy
 import torch
 from tqdm.auto import tqdm
 
@@ -46,19 +48,30 @@ class _MicroStep:
     tokens: int
 
 
-def _init_single_process_group() -> None:
-    """DeepSpeed needs a process group even for one rank; gloo on CPU. Leaves nothing behind in
-    /dev/shm."""
+def _init_process_group() -> None:
+    """DeepSpeed needs a process group even for one rank: gloo on CPU, NCCL on CUDA.
+
+    One rank (WORLD_SIZE unset or 1) sets its own defaults, on a free port. N ranks: whoever starts
+    them sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT. Collectives time out
+    after SELFPLAY_DIST_TIMEOUT_S seconds (300) so that a dead peer ends the run instead of hanging
+    it. Leaves nothing behind in /dev/shm.
+    """
     import deepspeed
     import torch.distributed as dist
 
-    for key, value in {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "LOCAL_RANK": "0",
-                       "WORLD_SIZE": "1"}.items():
-        os.environ.setdefault(key, value)
-    if os.environ["WORLD_SIZE"] == "1":
-        # LOCAL_SIZE == WORLD_SIZE makes DeepSpeed's CPU comm op create a 69 MB /dev/shm buffer
-        # that it never removes; one rank all-reduces nothing, so training is the same without.
-        os.environ.pop("LOCAL_SIZE", None)
+    if os.environ.get("WORLD_SIZE", "1") == "1":
+        for key, value in {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "LOCAL_RANK": "0",
+                           "WORLD_SIZE": "1"}.items():
+            os.environ.setdefault(key, value)
+    else:
+        missing = [key for key in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+                   if key not in os.environ]
+        if missing:
+            raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} needs {', '.join(missing)} "
+                               "set by whoever starts the trainer ranks")
+    # LOCAL_SIZE == WORLD_SIZE makes DeepSpeed's CPU comm op create a 69 MB /dev/shm buffer per
+    # rank that it never removes; training all-reduces through the process group without it.
+    os.environ.pop("LOCAL_SIZE", None)
     if dist.is_initialized():  # the rollout engine may have set up the group already
         return
     if "MASTER_PORT" not in os.environ:
@@ -66,7 +79,16 @@ def _init_single_process_group() -> None:
             probe.bind(("127.0.0.1", 0))
             os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    timeout = datetime.timedelta(seconds=int(os.environ.get("SELFPLAY_DIST_TIMEOUT_S", 300)))
+    deepspeed.init_distributed(dist_backend=backend, timeout=timeout, verbose=False)
+
+
+def _interleave(parts: Sequence[Sequence[Any]]) -> list[Any]:
+    """Undoes `items[rank::world]`: part r holds positions r, r + world, ... of the whole."""
+    whole: list[Any] = [None] * sum(len(part) for part in parts)
+    for rank, part in enumerate(parts):
+        whole[rank::len(parts)] = part
+    return whole
 
 
 def _frozen_copy(policy: CompletionLogps, precision: str) -> CompletionLogps:
@@ -115,7 +137,9 @@ class Trainer:
 
         total_steps = total_optimizer_steps(config, iterations, pairs_per_iteration)
         with quiet_stdout():  # DeepSpeed print()s "op built successfully" on every start
-            _init_single_process_group()
+            _init_process_group()
+        import torch.distributed as dist
+        self._rank, self._world_size = dist.get_rank(), dist.get_world_size()
         self.config = config
         self.loss_fn = get_loss(loss_name)
         self.beta = beta
@@ -139,7 +163,9 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_multiplier(step, total_steps, warmup, config.lr_schedule))
         ds_config = {
-            "train_micro_batch_size_per_gpu": config.micro_batch_size,
+            # Bookkeeping only (this trainer calls backward and step itself): each rank's share of
+            # a micro-batch.
+            "train_micro_batch_size_per_gpu": -(-config.micro_batch_size // self._world_size),
             "gradient_accumulation_steps": config.grad_accum,
             "gradient_clipping": config.max_grad_norm,
             "zero_optimization": {"stage": config.zero_stage},
@@ -157,6 +183,28 @@ class Trainer:
     def lr(self) -> float:
         """The learning rate the next optimizer step uses."""
         return self.engine.get_lr()[0]
+
+    @property
+    def rank(self) -> int:
+        """This process's rank in the data-parallel world (0 for one process)."""
+        return self._rank
+
+    @property
+    def world_size(self) -> int:
+        """How many data-parallel ranks train together (1 for one process)."""
+        return self._world_size
+
+    def _all_gather(self, value: Any) -> list[Any]:
+        """Every rank's `value`, in rank order, on every rank (small Python objects only)."""
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self._world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def _own(self, ids: Sequence[int]) -> list[int]:
+        """This rank's share of a micro-batch: every world_size-th pair, from its rank on."""
+        return list(ids[self._rank::self._world_size])
 
     # --- log-probs -------------------------------------------------------------------------
     def _batch(self, pairs: list[Pair]) -> dict[str, torch.Tensor]:
@@ -176,11 +224,9 @@ class Trainer:
         return scores[:len(pairs)], scores[len(pairs):], tokens
 
     @torch.no_grad()
-    def _reference_logps(self, pairs: list[Pair]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The frozen reference's log-probs of each pair's chosen and rejected completion (fp32,
-        in pair order); None when the loss needs no reference."""
-        if self.reference is None:
-            return None
+    def _reference_scores(self, pairs: list[Pair]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen reference's log-probs of these pairs' chosen and rejected completions
+        (fp32, in pair order), scored by this rank alone."""
         chosen, rejected = [], []
         for start in range(0, len(pairs), self.config.micro_batch_size):
             some = pairs[start:start + self.config.micro_batch_size]
@@ -189,23 +235,53 @@ class Trainer:
             rejected.append(scores[len(some):])
         return torch.cat(chosen), torch.cat(rejected)
 
+    def _reference_logps(self, pairs: list[Pair]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The reference's log-probs of every pair, on every rank (each rank scores its share);
+        None when the loss needs no reference."""
+        if self.reference is None:
+            return None
+        if self._world_size == 1:
+            return self._reference_scores(pairs)
+        own = self._own(range(len(pairs)))
+        scores = self._reference_scores([pairs[i] for i in own]) if own else None
+        chosen = torch.empty(len(pairs), dtype=torch.float32)
+        rejected = torch.empty(len(pairs), dtype=torch.float32)
+        for ids, part in self._all_gather(
+                (own, None if scores is None else tuple(t.cpu() for t in scores))):
+            if ids:
+                chosen[ids], rejected[ids] = part
+        return chosen.to(self.engine.device), rejected.to(self.engine.device)
+
     @torch.no_grad()
     def margins(self, pairs: list[Pair]) -> list[float]:
         """Current margins, without updating anything, in the loss's declared units (per-token
         means or sums): M = s(chosen) − s(rejected), or with a reference the loss's
-        h = (s(chosen) − ref(chosen)) − (s(rejected) − ref(rejected))."""
-        out = []
+        h = (s(chosen) − ref(chosen)) − (s(rejected) − ref(rejected)).
+
+        Every rank calls it with the same pairs and gets all of them back, in order; each rank
+        scores its share of each micro-batch.
+        """
+        out: list[float | None] = [None] * len(pairs)
         for start in range(0, len(pairs), self.config.micro_batch_size):
-            some = pairs[start:start + self.config.micro_batch_size]
+            ids = range(start, min(start + self.config.micro_batch_size, len(pairs)))
+            own = self._own(ids)
+            # A rank without a pair here still runs a forward: under ZeRO-3 it gathers
+            # parameters together with the others.
+            some = [pairs[i] for i in (own or ids[:1])]
             chosen, rejected, _ = self._logps(some)
             if self.reference is None:
-                out.extend((chosen - rejected).float().tolist())
-                continue
-            ref_chosen, ref_rejected = self._reference_logps(some)
-            # The loss's own margins, so these match TrainStats.margins' units exactly.
-            out.extend(self.loss_fn(chosen.float(), rejected.float(), gamma=0.0, beta=self.beta,
-                                    ref_chosen_logps=ref_chosen,
-                                    ref_rejected_logps=ref_rejected).margins.tolist())
+                values = (chosen - rejected).float().tolist()
+            else:
+                ref_chosen, ref_rejected = self._reference_scores(some)
+                # The loss's own margins, so these match TrainStats.margins' units exactly.
+                values = self.loss_fn(chosen.float(), rejected.float(), gamma=0.0,
+                                      beta=self.beta, ref_chosen_logps=ref_chosen,
+                                      ref_rejected_logps=ref_rejected).margins.tolist()
+            for i, value in zip(own, values):
+                out[i] = value
+        if self._world_size > 1:
+            for part in self._all_gather(out):
+                out = [mine if mine is not None else theirs for mine, theirs in zip(out, part)]
         return out
 
     # --- the update ------------------------------------------------------------------------
@@ -214,7 +290,11 @@ class Trainer:
         """One update on this iteration's pairs; each optimizer step averages its window's pairs.
 
         `gamma` is one value, or a function from a micro-batch's current margins to one γ or one
-        per pair (the per-pair and per-step controllers).
+        per pair (the per-pair and per-step controllers); it always sees the whole micro-batch.
+
+        With N ranks every rank calls this with the same arguments: each micro-batch is split
+        among them (rank r takes every N-th pair from the r-th), their gradients are averaged,
+        and every rank returns the same TrainStats, which match one rank's up to summation order.
         """
         micro = self.config.micro_batch_size
         first_margins: list[float | None] = [None] * len(pairs)
@@ -225,25 +305,40 @@ class Trainer:
         self.engine.train()
         micro_batches = self.config.epochs_per_iteration * -(-len(pairs) // micro)
         bar = tqdm(total=micro_batches, desc=f"train iter {iteration}", leave=False,
-                   disable=not progress, unit="batch")
+                   disable=not progress or self._rank != 0, unit="batch")
         for epoch, window in self._windows(len(pairs), iteration):
             for micro_start in range(0, len(window), micro):
                 ids = window[micro_start:micro_start + micro]
+                own = self._own(ids)
+                # A rank without a pair here still steps through forward and backward (on one
+                # pair, with weight 0): DeepSpeed reduces gradients across ranks collectively.
+                used = own or ids[:1]
                 # Weight by the micro-batch's share of its window so that a short last window
-                # still averages over its own pairs.
-                out = self._micro_step([pairs[i] for i in ids], gamma_fn,
-                                       share=len(ids) / len(window),
+                # still averages over its own pairs; × world size because DeepSpeed averages
+                # the ranks' gradients.
+                out = self._micro_step([pairs[i] for i in used], gamma_fn,
+                                       share=len(own) * self._world_size / len(window),
                                        boundary=micro_start + micro >= len(window),
+                                       counted=bool(own),
                                        reference=None if reference is None else
-                                       (reference[0][ids], reference[1][ids]))
-                losses.append(out.loss * len(ids))
+                                       (reference[0][used], reference[1][used]))
+                losses.append(out.loss * len(own))
                 tokens += out.tokens
                 bar.update(1)
                 if epoch == 0:
-                    for i, margin, pair_gamma in zip(ids, out.margins, out.gammas):
+                    for i, margin, pair_gamma in zip(own, out.margins, out.gammas):
                         first_margins[i], first_gammas[i] = margin, pair_gamma
             steps += 1
         bar.close()
+        if self._world_size > 1:
+            parts = self._all_gather((losses, tokens, first_margins, first_gammas))
+            losses = [loss for part in parts for loss in part[0]]
+            tokens = sum(part[1] for part in parts)
+            for _, _, margins, gammas in parts:
+                first_margins = [m if m is not None else theirs
+                                 for m, theirs in zip(first_margins, margins)]
+                first_gammas = [g if g is not None else theirs
+                                for g, theirs in zip(first_gammas, gammas)]
         return TrainStats(loss=sum(losses) / (len(pairs) * self.config.epochs_per_iteration),
                           margins=[float(m) for m in first_margins],
                           gammas=[float(g) for g in first_gammas], steps=steps, tokens=tokens)
@@ -257,20 +352,36 @@ class Trainer:
             for start in range(0, count, window):
                 yield epoch, order[start:start + window]
 
+    def _micro_gammas(self, gamma_fn: GammaFn, margins: list[float], counted: bool
+                      ) -> float | list[float]:
+        """γ for this rank's pairs, from `gamma_fn` applied to the whole micro-batch's margins
+        (a per-pair controller may weigh each pair against the others)."""
+        if self._world_size == 1:
+            return gamma_fn(margins)
+        parts = self._all_gather(margins if counted else [])
+        gammas = gamma_fn(_interleave(parts))
+        if not isinstance(gammas, list):
+            return gammas
+        return gammas[self._rank::self._world_size] if counted else gammas[:1]
+
     def _micro_step(self, pairs: list[Pair], gamma_fn: GammaFn, *, share: float, boundary: bool,
+                    counted: bool = True,
                     reference: tuple[torch.Tensor, torch.Tensor] | None = None) -> _MicroStep:
         """Forward, loss, backward and (at a window's `boundary`) the optimizer step of one
-        micro-batch; its gradient counts with weight `share` in its window's average.
+        micro-batch (this rank's share of it); its gradient counts with weight `share` in its
+        window's average. `counted` False: a stand-in pair whose loss counts for nothing.
         `reference`: the frozen reference's chosen and rejected log-probs of these pairs."""
         chosen, rejected, n_tokens = self._logps(pairs)
         chosen, rejected = chosen.float(), rejected.float()
-        gammas = gamma_fn((chosen - rejected).detach().tolist())
+        gammas = self._micro_gammas(gamma_fn, (chosen - rejected).detach().tolist(), counted)
         ref_chosen, ref_rejected = reference if reference is not None else (None, None)
         out = self.loss_fn(chosen, rejected, gamma=gammas, beta=self.beta,
                            ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected)
         self.engine.set_gradient_accumulation_boundary(boundary)
         self.engine.backward(out.loss * share, scale_wrt_gas=False)
         self.engine.step()
+        if not counted:
+            return _MicroStep(loss=0.0, margins=[], gammas=[], tokens=0)
         per_pair = gammas if isinstance(gammas, list) else [gammas] * len(pairs)
         return _MicroStep(loss=out.loss.item(), margins=out.margins.tolist(),
                           gammas=[float(g) for g in per_pair], tokens=n_tokens)
@@ -281,7 +392,8 @@ class Trainer:
         return self.engine.module.model
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """The policy's weights under their Hugging Face names, gathered if ZeRO-3 shards them."""
+        """The policy's weights under their Hugging Face names, gathered if ZeRO-3 shards them
+        (then every rank must iterate to the end: each gather is collective)."""
         import deepspeed
 
         for name, param in self.model.named_parameters():
@@ -291,17 +403,38 @@ class Trainer:
             else:
                 yield name, param.detach()
 
+    def state_dict_numpy(self) -> dict[str, numpy.ndarray] | None:
+        """The full weights as NumPy arrays (copies) on rank 0, None on the others; every rank
+        must call it. The working dtype, except bf16 which NumPy lacks: upcast to fp32, exactly."""
+        state: dict[str, numpy.ndarray] = {}
+        for name, tensor in self.named_weights():
+            if self._rank == 0:
+                dtype = torch.float32 if tensor.dtype == torch.bfloat16 else tensor.dtype
+                state[name] = tensor.to("cpu", dtype=dtype, copy=True).numpy()
+        return state if self._rank == 0 else None
+
     def export(self, out_dir: str, tokenizer) -> None:
-        """A Hugging Face directory that transformers and vLLM load as is."""
-        state = {name: tensor.to(torch.float32).clone() for name, tensor in self.named_weights()}
-        self.model.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
-        tokenizer.save_pretrained(out_dir)
+        """A Hugging Face directory that transformers and vLLM load as is. Every rank must call
+        it; rank 0 writes, and it returns once the directory is complete."""
+        state = {}
+        for name, tensor in self.named_weights():
+            if self._rank == 0:
+                state[name] = tensor.to(torch.float32).clone()
+        if self._rank == 0:
+            self.model.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+            tokenizer.save_pretrained(out_dir)
+        if self._world_size > 1:
+            import torch.distributed as dist
+            dist.barrier()
 
     # --- checkpoint ------------------------------------------------------------------------
     def save(self, directory: str) -> None:
+        """Model, optimizer and schedule state. Every rank must call it with the same directory:
+        each writes its own optimizer (and under ZeRO-3 parameter) shards into it."""
         self.engine.save_checkpoint(directory, tag="trainer", save_latest=False)
 
     def load(self, directory: str) -> None:
+        """What `save` wrote, with the same world size and ZeRO stage; every rank must call it."""
         path, _ = self.engine.load_checkpoint(directory, tag="trainer",
                                               load_optimizer_states=True,
                                               load_lr_scheduler_states=True)
