@@ -5,7 +5,7 @@
 set -euo pipefail
 SELFPLAY_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SELFPLAY_VENV="${SELFPLAY_VENV:-$HOME/.cache/selfplay/venv}"
-SELFPLAY_EXTRAS="${SELFPLAY_EXTRAS:-cpu,test,ifeval,quickstart,logging}"
+SELFPLAY_EXTRAS="${SELFPLAY_EXTRAS:-cpu,test,ifeval,quickstart,logging,ray}"
 # DeepSpeed JIT-builds its CPU communication op once; keep it where the next run finds it.
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$HOME/.cache/selfplay/torch_extensions}"
 

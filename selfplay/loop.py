@@ -12,10 +12,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rewarders.base import load_rewarder, rewarder_metrics
+from rewarders.base import rewarder_metrics
 from selfplay import checkpoint, recipe as recipe_mod
 from selfplay.control import MarginObservation, build_controller
 from selfplay.data import PromptStream, load_prompt_table, to_prompt_rows
+from selfplay.distributed import build_placement
 from selfplay.errors import UserError
 from selfplay.metrics import (MetricsLog, UpdateSummary, build_sinks, finish_record,
                               format_summary, iteration_record, rollout_summary)
@@ -49,6 +50,8 @@ def run(recipe: Recipe, run_dir: Path, *, resume: bool = False, overwrite: bool 
         return RunResult(run_dir, total, run_dir / "final", already_complete=True)
     loop = Loop(recipe, run_dir, progress=progress)
     try:
+        if recipe.distributed.backend != "local":
+            echo(f"placement: {loop.placement.describe()}")
         if resume:
             if loop.restore():
                 echo(f"resuming {run_dir} after iteration {loop.iteration}")
@@ -67,14 +70,26 @@ class Loop:
     """Holds the parts of one run; `step()` runs one iteration."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, *, progress: bool = True):
+        self.recipe, self.run_dir, self.progress = recipe, run_dir, progress
+        self.engine, self.metrics = None, None
+        # Local: every part in this process; Ray: actor groups behind the same interfaces.
+        self.placement = build_placement(recipe, run_dir=run_dir, need_engine=recipe.mode
+                                         == "online" or bool(recipe.eval.prompts))
+        try:
+            self._build_parts()
+        except BaseException:
+            self.close()  # actors and a Ray this run started do not outlive a failed start
+            raise
+
+    def _build_parts(self) -> None:
         from transformers import AutoTokenizer
 
         from selfplay.models import resolve_model_path
-        from selfplay.rollout import build_engine
+        from selfplay.runtime import choose_accelerator
         from selfplay.tokens import pad_token_id
-        from selfplay.train.trainer import Trainer
 
-        self.recipe, self.run_dir, self.progress = recipe, run_dir, progress
+        choose_accelerator()  # before anything imports DeepSpeed (accelerate does, via models)
+        recipe, run_dir, progress = self.recipe, self.run_dir, self.progress
         if not progress:
             import transformers
             transformers.utils.logging.disable_progress_bar()
@@ -89,8 +104,7 @@ class Loop:
         table = load_prompt_table(data.prompts, data.prompt_field, columns=offline_columns)
         self.stream = PromptStream(table, data.prompt_field, seed=recipe.loop.seed,
                                    shuffle=data.shuffle)
-        self.rewarder = (load_rewarder(recipe.reward.name, recipe.reward.kwargs)
-                         if recipe.reward else None)
+        self.rewarder = self.placement.rewarder(recipe.reward) if recipe.reward else None
         self.eval_rows = None
         if recipe.eval.prompts:
             eval_table = load_prompt_table(recipe.eval.prompts, data.prompt_field,
@@ -103,20 +117,17 @@ class Loop:
         rollout = recipe.rollout
         self.sampling = SamplingConfig(n=rollout.n, max_new_tokens=rollout.max_new_tokens,
                                        temperature=rollout.temperature, top_p=rollout.top_p)
-        self.engine = None  # offline runs without evaluation never sample
-        if recipe.mode == "online" or self.eval_rows:
-            self.engine = build_engine(rollout.engine, model_dir, dtype=recipe.model.dtype,
-                                       seed=recipe.loop.seed, max_model_len=rollout.max_model_len,
-                                       kv_cache_gb=rollout.kv_cache_gb)
+        if recipe.mode == "online" or self.eval_rows:  # offline runs without eval never sample
+            self.engine = self.placement.rollout(model_dir, rollout, dtype=recipe.model.dtype,
+                                                 seed=recipe.loop.seed)
             # Self-rewarding: a rewarder that wants the policy (e.g. `judge`) samples through
             # the same engine, so it always judges with the current weights.
             if callable(getattr(self.rewarder, "bind_policy", None)):
                 self.rewarder.bind_policy(self.engine)
-        self.trainer = Trainer(model_dir, recipe.train, loss_name=recipe.loss.name,
-                               beta=recipe.loss.beta, seed=recipe.loop.seed,
-                               iterations=recipe.loop.iterations,
-                               pairs_per_iteration=data.prompts_per_iteration,
-                               pad_id=pad_token_id(self.tokenizer))
+        self.trainer = self.placement.trainer(
+            model_dir, recipe.train, loss_name=recipe.loss.name, beta=recipe.loss.beta,
+            seed=recipe.loop.seed, iterations=recipe.loop.iterations,
+            pairs_per_iteration=data.prompts_per_iteration, pad_id=pad_token_id(self.tokenizer))
         self.iteration = 0
 
     def _check_prompt_lengths(self, table) -> None:
@@ -290,9 +301,13 @@ class Loop:
         return final
 
     def close(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-        self.metrics.close()
+        try:
+            if self.engine is not None:
+                self.engine.close()
+            if self.metrics is not None:
+                self.metrics.close()
+        finally:
+            self.placement.close()
 
 
 def prepare_run_dir(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bool) -> None:

@@ -126,8 +126,43 @@ class LoopConfig(Section):
 
 
 class DistributedConfig(Section):
-    backend: Literal["local"] = Field("local", description="local: one process, the rollout "
-                                      "engine beside the trainer.")
+    backend: Literal["local", "ray"] = Field(
+        "local", description="local: one process, the rollout engine beside the trainer; ray: "
+        "trainer ranks, rollout engines and reward workers as Ray actors (docs/distributed.md).")
+    address: Optional[str] = Field(
+        None, description="ray: null starts a private Ray on this machine (shut down at the "
+        "end); \"auto\" joins the cluster `ray start --head` made; \"ray://host:10001\" a "
+        "remote one.")
+    trainer_ranks: int = Field(1, ge=1, description="ray: DeepSpeed data-parallel ranks, one "
+                               "actor each (ZeRO as train.zero_stage says).")
+    rollout_engines: int = Field(1, ge=1, description="ray: rollout engine actors; an "
+                                 "iteration's prompts are split among them.")
+    reward_workers: int = Field(0, ge=0, description="ray: rewarder actors (0: score in the "
+                                "driver).")
+    gpus_per_trainer: float = Field(0.0, ge=0, description="ray: GPUs per trainer rank (0 on "
+                                    "CPU).")
+    gpus_per_engine: float = Field(0.0, ge=0, description="ray: GPUs per rollout engine "
+                                   "(fractions share a GPU).")
+    cpus_per_actor: Optional[float] = Field(
+        None, gt=0, description="ray: CPUs each actor reserves; null: a private Ray shares this "
+        "machine's cores among the actors, a cluster gives each one CPU.")
+    object_store_gb: float = Field(2.0, gt=0, description="ray: object store size of a private "
+                                   "Ray (the weights pass through it).")
+    timeout_s: float = Field(300.0, gt=0, description="ray: seconds a rank waits for a missing "
+                             "peer before the run stops with an error.")
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> "DistributedConfig":
+        if self.backend == "local":
+            for field in ("trainer_ranks", "rollout_engines"):
+                if getattr(self, field) != 1:
+                    raise ValueError(f"distributed.{field}: more than 1 needs "
+                                     "distributed.backend: ray")
+            if self.reward_workers:
+                raise ValueError("distributed.reward_workers: needs distributed.backend: ray")
+        elif importlib.util.find_spec("ray") is None:
+            raise ValueError("distributed.backend: ray needs `pip install ray`")
+        return self
 
 
 class EvalConfig(Section):
@@ -194,7 +229,7 @@ class Recipe(Section):
 # Fields that may change when a run is resumed; anything else would make the resumed run a
 # different experiment than its checkpoints.
 RESUMABLE_CHANGES = ("loop.iterations", "loop.keep_checkpoints", "loop.checkpoint_every",
-                     "logging.", "eval.")
+                     "logging.", "eval.", "distributed.address", "distributed.timeout_s")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -1,5 +1,7 @@
 """A user plug-in for the tests: `flaky_rewards:FlakyRewarder` misbehaves on one call."""
 import math
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -8,7 +10,8 @@ from rewarders.letters import LettersRewarder
 
 class FlakyRewarder(LettersRewarder):
     """Scores like `letters`, but call number `bad_call` (counted across processes in
-    `counter_file`) raises, returns NaN, returns too few scores or hangs, per `mode`."""
+    `counter_file`) raises, returns NaN, returns too few scores, hangs or kills its own
+    process (as an out-of-memory kill would), per `mode`."""
 
     def __init__(self, counter_file: str, bad_call: int = 2, mode: str = "raise"):
         super().__init__()
@@ -25,6 +28,8 @@ class FlakyRewarder(LettersRewarder):
             raise ConnectionError("reward server went away")
         if self.mode == "hang":  # a reward server that never answers
             time.sleep(3600)
+        if self.mode == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
         if self.mode == "nan":
             return [math.nan] + scores[1:]
         return scores[:-1]

@@ -1,0 +1,26 @@
+"""The local placement: every part in this process (the default, and what tests use most)."""
+from __future__ import annotations
+
+
+class LocalPlacement:
+    def rewarder(self, config):
+        from rewarders.base import load_rewarder
+
+        return load_rewarder(config.name, config.kwargs)
+
+    def rollout(self, model_dir: str, config, *, dtype: str, seed: int):
+        from selfplay.rollout import build_engine
+
+        return build_engine(config.engine, model_dir, dtype=dtype, seed=seed,
+                            max_model_len=config.max_model_len, kv_cache_gb=config.kv_cache_gb)
+
+    def trainer(self, model_dir: str, config, **options):
+        from selfplay.train.trainer import Trainer
+
+        return Trainer(model_dir, config, **options)
+
+    def describe(self) -> str:
+        return "local"
+
+    def close(self) -> None:
+        pass

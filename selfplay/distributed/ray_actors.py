@@ -1,0 +1,109 @@
+"""The Ray actors: thin wrappers around the same Trainer, rollout engine and rewarder that a local
+run uses in-process. Each sets its process environment first (threads, vLLM's CPU settings, the
+quiet console), because torch, vLLM and DeepSpeed read it once, when they load."""
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+
+import ray
+
+
+def _prepare_process(env: dict[str, str]) -> None:
+    os.environ.update(env)
+    from selfplay.runtime import configure_environment, configure_logging
+
+    configure_environment()
+    configure_logging(verbose=False)
+
+
+class TrainerRank:
+    """One DeepSpeed rank. Every rank receives the same calls with the same arguments; the
+    ranks split each micro-batch among themselves (selfplay.train.trainer)."""
+
+    def __init__(self, env: dict[str, str]):
+        _prepare_process(env)
+        self.trainer = None
+
+    def address(self) -> tuple[str, int]:
+        """This node's address and a free port: rank 0 publishes them for the process group."""
+        with socket.socket() as probe:
+            probe.bind(("", 0))
+            port = probe.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def build(self, dist_env: dict[str, str], model_dir: str, config, options: dict) -> None:
+        os.environ.update(dist_env)
+        from selfplay.train.trainer import Trainer
+
+        self.trainer = Trainer(model_dir, config, **options)
+
+    def train(self, pairs, gamma, iteration: int):
+        return self.trainer.train(pairs, gamma, iteration, progress=False)
+
+    def margins(self, pairs) -> list[float]:
+        return self.trainer.margins(pairs)
+
+    def lr(self) -> float:
+        return self.trainer.lr
+
+    def publish_weights(self):
+        """Rank 0 puts the policy's weights (numpy arrays) into the object store and returns
+        [ref] (wrapped, so the driver passes the reference on without fetching the weights);
+        the other ranks take part in the gather (ZeRO-3) and return None."""
+        state = self.trainer.state_dict_numpy()
+        return None if state is None else [ray.put(state)]
+
+    def save(self, directory: str) -> None:
+        self.trainer.save(directory)
+
+    def load(self, directory: str) -> None:
+        self.trainer.load(directory)
+
+    def export(self, out_dir: str, tokenizer) -> None:
+        self.trainer.export(out_dir, tokenizer)
+
+
+class EngineWorker:
+    """One rollout engine (vLLM's in-process `uni` executor inside the actor: vLLM's own Ray
+    executor refuses the CPU platform)."""
+
+    def __init__(self, env: dict[str, str], kind: str, model_dir: str, options: dict):
+        _prepare_process(env)
+        from selfplay.rollout import build_engine
+
+        self.engine = build_engine(kind, model_dir, **options)
+
+    def generate(self, prompts, sampling, seed: int):
+        return self.engine.generate(prompts, sampling, seed, progress=False)
+
+    def update_weights(self, wrapped_ref) -> None:
+        import torch
+
+        state = ray.get(wrapped_ref[0])  # zero-copy numpy views of the object store
+        with warnings.catch_warnings():  # read-only arrays: reload copies them into parameters
+            warnings.simplefilter("ignore", UserWarning)
+            tensors = [(name, torch.from_numpy(array)) for name, array in state.items()]
+        self.engine.update_weights(tensors)
+
+    def sequence_logprobs(self, prompt_ids, completion_ids) -> list[float]:
+        return self.engine.sequence_logprobs(prompt_ids, completion_ids)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class RewardWorker:
+    def __init__(self, env: dict[str, str], name: str, kwargs: dict):
+        _prepare_process(env)
+        from rewarders.base import load_rewarder
+
+        self.rewarder = load_rewarder(name, kwargs)
+
+    def score(self, prompts, completions, metadata) -> list[float]:
+        return self.rewarder.score(prompts, completions, metadata)
+
+    def metrics(self) -> dict[str, float]:
+        report = getattr(self.rewarder, "metrics", None)
+        return dict(report()) if callable(report) else {}

@@ -1,0 +1,193 @@
+"""The Ray placement: the same recipe across processes, agreeing with a local run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from selfplay.distributed.sizing import Role, missing_resource, plan_roles, split_evenly
+from selfplay.recipe import DistributedConfig, RecipeError, load
+
+from conftest import REPO, TINY_RECIPE, run_cli
+
+RAY = ["distributed.backend=ray", "distributed.object_store_gb=0.5"]
+SHORT = ["--no-progress", "loop.iterations=2", "data.prompts_per_iteration=16"]
+
+
+def ray_processes() -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        text = " ".join([process.info["name"] or ""] + (process.info["cmdline"] or []))
+        if "ray::" in text or "raylet" in text or "gcs_server" in text:
+            found.append(process)
+    return found
+
+
+@pytest.fixture
+def no_ray_left_behind():
+    before = {p.pid for p in ray_processes()}
+    yield
+    deadline = time.time() + 20  # a private Ray's processes take a moment to exit
+    while time.time() < deadline:
+        left = [p for p in ray_processes() if p.pid not in before and p.is_running()
+                and p.status() != psutil.STATUS_ZOMBIE]
+        if not left:
+            return
+        time.sleep(1)
+    pytest.fail(f"Ray processes outlived the run: {[p.info['name'] for p in left]}")
+
+
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights_digest(run_dir) -> str:
+    import hashlib
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(
+        (run_dir / "final").glob("*.safetensors")))).hexdigest()
+
+
+# --- sizing: pure arithmetic -------------------------------------------------------------------
+def test_a_private_ray_shares_the_cores_among_the_actors():
+    config = DistributedConfig(backend="ray", trainer_ranks=2, rollout_engines=1)
+    roles = plan_roles(config, cores=2, private=True, need_engine=True)
+    assert [(r.name, r.count, r.threads) for r in roles] == [("trainer rank", 2, 1),
+                                                            ("rollout engine", 1, 2)]
+    assert sum(r.count * r.cpus for r in roles) <= 2  # never more than the machine
+    assert missing_resource({"CPU": 2.0}, roles) is None
+    offline = plan_roles(config, cores=2, private=True, need_engine=False)
+    assert [r.name for r in offline] == ["trainer rank"]
+
+
+def test_a_missing_gpu_is_named_before_any_work():
+    roles = [Role("trainer rank", 2, 1.0, 1.0, 1), Role("rollout engine", 1, 1.0, 0.5, 1)]
+    assert missing_resource({"CPU": 8.0}, roles) == (
+        "the Ray cluster has 0 GPUs but the run needs 2.5 (2 trainer ranks × 1, 1 rollout "
+        "engine × 0.5); lower distributed.gpus_per_trainer/gpus_per_engine or use a larger "
+        "cluster")
+    assert "has 2 CPUs but the run needs 3" in missing_resource(
+        {"CPU": 2.0, "GPU": 4.0}, [Role("trainer rank", 3, 1.0, 1.0, 1)])
+
+
+def test_split_evenly_keeps_order_and_balance():
+    assert split_evenly(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]]
+    assert split_evenly([1], 2) == [[1], []]
+
+
+def test_more_than_one_of_anything_needs_ray():
+    with pytest.raises(RecipeError, match="distributed.trainer_ranks: more than 1 needs "
+                                          "distributed.backend: ray"):
+        load(TINY_RECIPE, ["distributed.trainer_ranks=2"])
+    with pytest.raises(RecipeError, match="distributed.reward_workers: needs"):
+        load(TINY_RECIPE, ["distributed.reward_workers=1"])
+
+
+# --- real runs ---------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.ray
+def test_two_ranks_under_ray_match_a_local_run(tmp_path, no_ray_left_behind):
+    """Same seeds, same global batch: the same completions, and losses and margins that agree
+    to all-reduce rounding (2 ranks × 4 pairs per micro-batch vs 1 × 8)."""
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    result = run_cli("run", TINY_RECIPE, "-o", local, *SHORT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli("run", TINY_RECIPE, "-o", remote, *SHORT, *RAY,
+                     "distributed.trainer_ranks=2", "train.zero_stage=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "placement: a private Ray: 2 trainer ranks, 1 rollout engine" in result.stdout
+    first_local, first_ray = records(local)[0], records(remote)[0]
+    assert first_ray.keys() == first_local.keys()
+    assert first_ray["reward_mean"] == first_local["reward_mean"]  # identical completions
+    for key in ("loss", "margin_p10", "margin_p50", "margin_p90", "active_fraction"):
+        assert first_ray[key] == pytest.approx(first_local[key], abs=1e-5), key
+    assert (remote / "final" / "config.json").exists()
+    assert not (remote / ".ray-processes.json").exists()  # a clean end forgets its processes
+    assert run_cli("report", remote).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_kill_minus_9_of_the_driver_then_resume_is_exact(tmp_path, no_ray_left_behind):
+    shape = [*RAY, "distributed.trainer_ranks=2", "train.zero_stage=2", "--no-progress",
+             "data.prompts_per_iteration=16", "loop.iterations=4"]
+    straight = tmp_path / "straight"
+    assert run_cli("run", TINY_RECIPE, "-o", straight, *shape).returncode == 0
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'tests' / 'plugins'}{os.pathsep}{REPO}"}
+    driver = subprocess.Popen([sys.executable, "-m", "selfplay.cli", "run", str(TINY_RECIPE),
+                               "-o", str(killed), *shape], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in driver.stdout:  # kill it right after iteration 2's checkpoint and line
+        if line.startswith("iter 2/4"):
+            driver.send_signal(signal.SIGKILL)
+            break
+    driver.wait(timeout=60)
+    recorded = json.loads((killed / ".ray-processes.json").read_text())
+    assert recorded  # what the killed driver's Ray left running is known by pid
+
+    result = run_cli("run", TINY_RECIPE, "-o", killed, "--resume", *shape)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming" in result.stdout and "iter 3/4" in result.stdout
+    assert weights_digest(killed) == weights_digest(straight)
+    assert [r["iteration"] for r in records(killed)] == [1, 2, 3, 4]
+    for entry in recorded:  # the killed run's Ray is gone
+        assert not psutil.pid_exists(entry["pid"]) or psutil.Process(
+            entry["pid"]).create_time() != entry["started"]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_dead_actor_ends_the_run_in_one_line_and_the_run_resumes(tmp_path,
+                                                                   no_ray_left_behind):
+    run_dir, counter = tmp_path / "run", tmp_path / "calls"
+    overrides = [*SHORT, *RAY, "distributed.reward_workers=1", "reward.name=flaky_rewards:"
+                 "FlakyRewarder", f"reward.kwargs={{counter_file: {counter}, mode: die}}",
+                 "eval.prompts=null"]
+    started = time.time()
+    result = run_cli("run", TINY_RECIPE, "-o", run_dir, *overrides)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "a reward worker actor died" in lines[0] and "--resume" in lines[0]
+    assert time.time() - started < 300
+    # The kill came in iteration 2; iteration 1's checkpoint resumes (the counter moved on).
+    result = run_cli("run", TINY_RECIPE, "-o", run_dir, "--resume", *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["iteration"] for r in records(run_dir)] == [1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_asking_for_a_gpu_the_cluster_lacks_fails_before_any_work(tmp_path, no_ray_left_behind):
+    result = run_cli("run", TINY_RECIPE, "-o", tmp_path / "run", *SHORT, *RAY,
+                     "distributed.gpus_per_trainer=1")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: the Ray cluster has 0 GPUs but the run needs 1 (1 trainer rank × 1); lower "
+        "distributed.gpus_per_trainer/gpus_per_engine or use a larger cluster"]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_address_auto_joins_the_running_cluster_and_leaves_it_running(tmp_path):
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_worker_niceness": "0"}
+    subprocess.run([ray_bin, "start", "--head", "--num-cpus=2", "--include-dashboard=false",
+                    "--object-store-memory=500000000", "--disable-usage-stats"], env=env,
+                   check=True, capture_output=True, timeout=120)
+    try:
+        result = run_cli("run", TINY_RECIPE, "-o", tmp_path / "run", *SHORT, *RAY,
+                         "distributed.address=auto", "loop.iterations=1", env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "placement: Ray at auto: 1 trainer rank, 1 rollout engine" in result.stdout
+        status = subprocess.run([ray_bin, "status"], env=env, capture_output=True, text=True,
+                                timeout=60)
+        assert status.returncode == 0  # the run disconnected; the cluster still runs
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
