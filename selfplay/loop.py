@@ -159,6 +159,9 @@ class Loop:
         self.iteration = iteration
         record["time_checkpoint_s"] = self._checkpoint_if_due(record, started)
         finish_record(record, started)
+        actors_rss = self.placement.actors_rss_mb()
+        if actors_rss is not None:
+            record["actors_rss_mb"] = actors_rss
         self.metrics.append(record)
         return record
 

@@ -191,3 +191,66 @@ def test_address_auto_joins_the_running_cluster_and_leaves_it_running(tmp_path):
         assert status.returncode == 0  # the run disconnected; the cluster still runs
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_weights_reach_the_engine_actor_through_the_object_store(tmp_path, tiny_model_dir,
+                                                                 no_ray_left_behind):
+    """After a sync the engine actor scores a fixed sequence as the trained weights do, and
+    before it as the old ones did: a sync that silently keeps old weights fails here."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from selfplay.distributed.ray_placement import RayPlacement
+    from test_train import make_pairs
+
+    recipe = load(TINY_RECIPE, [*RAY, "distributed.trainer_ranks=2", "train.zero_stage=3",
+                                "train.lr=5e-3", "train.micro_batch_size=4"])
+    placement = RayPlacement(recipe, need_engine=True, run_dir=tmp_path)
+    try:
+        engine = placement.rollout(str(tiny_model_dir), recipe.rollout, dtype="float32", seed=0)
+        trainer = placement.trainer(str(tiny_model_dir), recipe.train, loss_name="repo",
+                                    beta=None, seed=0, iterations=3, pairs_per_iteration=8,
+                                    pad_id=0)
+        pairs = make_pairs(8)
+        for iteration in range(1, 4):
+            trainer.train(pairs, 1.0, iteration)
+        probe = pairs[0]
+        before = engine.sequence_logprobs(probe.prompt_ids, probe.chosen.token_ids)
+        engine.update_weights(trainer.named_weights())
+        after = engine.sequence_logprobs(probe.prompt_ids, probe.chosen.token_ids)
+        trainer.export(str(tmp_path / "trained"), AutoTokenizer.from_pretrained(tiny_model_dir))
+    finally:
+        placement.close()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "trained", dtype=torch.float32)
+    with torch.no_grad():
+        ids = torch.tensor([probe.prompt_ids + probe.chosen.token_ids])
+        logps = model(ids).logits[0].log_softmax(-1)
+    start = len(probe.prompt_ids)
+    expected = [logps[start - 1 + i, t].item() for i, t in enumerate(probe.chosen.token_ids)]
+    assert after == pytest.approx(expected, abs=1e-4)
+    assert max(abs(b - e) for b, e in zip(before, expected)) > 1e-2
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_killed_trainer_rank_ends_the_run_within_seconds(tmp_path, no_ray_left_behind):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'tests' / 'plugins'}{os.pathsep}{REPO}"}
+    driver = subprocess.Popen([sys.executable, "-m", "selfplay.cli", "run", str(TINY_RECIPE),
+                               "-o", str(run_dir), *SHORT, *RAY, "loop.iterations=20",
+                               "distributed.trainer_ranks=2"], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in driver.stdout:
+        if line.startswith("iter 1/20"):
+            break
+    rank = next(p for p in ray_processes() if "TrainerRank" in " ".join(p.cmdline()))
+    rank.kill()
+    killed = time.time()
+    _, stderr = driver.communicate(timeout=120)
+    assert time.time() - killed < 60  # not the process group's 300 s timeout
+    assert driver.returncode == 1
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "a trainer rank actor died" in lines[0], stderr[-2000:]
+    assert f"{run_dir} is intact" in lines[0] and "--resume" in lines[0]

@@ -19,6 +19,9 @@ class LocalPlacement:
 
         return Trainer(model_dir, config, **options)
 
+    def actors_rss_mb(self) -> float | None:
+        return None  # everything is in this process: rss_mb covers it
+
     def describe(self) -> str:
         return "local"
 

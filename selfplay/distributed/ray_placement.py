@@ -166,6 +166,21 @@ class RayPlacement:
             _record(self.process_file)
         return RayTrainerGroup(ranks)
 
+    def actors_rss_mb(self) -> float | None:
+        """Resident memory of this run's actors on this machine (a private Ray), in MB."""
+        if not self.started_ray:
+            return None
+        total = 0
+        for process in psutil.Process().children(recursive=True):
+            try:
+                title = " ".join(process.cmdline())  # Ray sets it to ray::ClassName[.method]
+                if title.startswith(("ray::TrainerRank", "ray::EngineWorker",
+                                     "ray::RewardWorker")):
+                    total += process.memory_info().rss
+            except psutil.Error:
+                continue
+        return total / 2**20
+
     def describe(self) -> str:
         where = "a private Ray" if self.started_ray else f"Ray at {self.config.address}"
         parts = ", ".join(f"{role.count} {role.name}{'s' if role.count > 1 else ''}"
