@@ -2,13 +2,15 @@
 import math
 import random
 
+import numpy
 import pytest
 import torch
 
 from selfplay.types import Completion, Pair
 from selfplay.recipe import TrainConfig
 from selfplay.train.logps import CompletionLogps, pad_batch
-from selfplay.train.trainer import Trainer, total_optimizer_steps
+from selfplay.train.trainer import (Trainer, _init_process_group, _interleave,
+                                    total_optimizer_steps)
 
 
 def make_pairs(count, seed=0):
@@ -198,3 +200,35 @@ def test_dpo_reference_under_zero3_and_bf16(tiny_model_dir, stage, precision):
     first = trainer.train(make_pairs(4), gamma=0.5, iteration=1)
     assert first.loss == pytest.approx(math.log(2), abs=1e-2)
     assert math.isfinite(trainer.train(make_pairs(4), gamma=0.5, iteration=2).loss)
+
+
+@pytest.mark.parametrize("count, world", [(7, 2), (3, 4), (8, 3), (0, 2)])
+def test_interleave_undoes_each_ranks_every_nth_share(count, world):
+    items = list(range(count))
+    assert _interleave([items[rank::world] for rank in range(world)]) == items
+
+
+def test_several_ranks_need_their_rendezvous_from_whoever_starts_them(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    with pytest.raises(RuntimeError, match="WORLD_SIZE=2 needs MASTER_PORT"):
+        _init_process_group()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_one_rank_state_dict_numpy_is_a_copy_of_its_weights(tiny_model_dir, precision):
+    trainer = make_trainer(tiny_model_dir, precision=precision)
+    assert (trainer.rank, trainer.world_size) == (0, 1)
+    state = trainer.state_dict_numpy()
+    expected = weights(trainer)
+    assert state.keys() == expected.keys()
+    for name, array in state.items():
+        # bf16 has no NumPy dtype: upcast to fp32, which holds every bf16 value exactly.
+        assert array.dtype == numpy.float32
+        assert numpy.array_equal(array, expected[name].float().numpy())
+    trainer.train(make_pairs(4), gamma=0.5, iteration=1)
+    changed = weights(trainer)
+    assert any(not numpy.array_equal(state[k], changed[k].float().numpy()) for k in state)

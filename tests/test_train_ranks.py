@@ -11,6 +11,7 @@ import pickle
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy
@@ -95,14 +96,27 @@ def _tokenizer(model_dir):
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-def rank_main(model_dir, out_dir):
-    """One rank's process: every scenario, results pickled to out_dir/rank<r>.pkl."""
+def rank_main(model_dir, out_dir, scenario="all"):
+    """One rank's process: every scenario, results pickled to out_dir/rank<r>.pkl; or "stall":
+    rank 1 stops answering after building its trainer, rank 0 records how its update ended."""
     from selfplay.runtime import configure_environment
     configure_environment()
     import torch.distributed as dist
 
     rank = int(os.environ["RANK"])
     out = Path(out_dir)
+    if scenario == "stall":
+        trainer = make_trainer(model_dir, zero_stage=2)
+        if rank == 1:
+            time.sleep(120)  # alive but silent: gloo sees no closed connection, only the timeout
+            os._exit(0)
+        try:
+            trainer.train(make_pairs(8), gamma=0.5, iteration=1)
+            outcome = "finished"
+        except Exception as error:  # noqa: BLE001 - what ended it is the result
+            outcome = f"{type(error).__name__}: {error}"
+        (out / "rank0.txt").write_text(outcome)
+        os._exit(0)  # the group is broken: destroying it would wait on the silent peer
     results = scenarios(model_dir, str(out / "checkpoint"), str(out / "export"))
     (out / f"rank{rank}.pkl").write_bytes(pickle.dumps(results))
     dist.destroy_process_group()  # a clean exit: no peer left waiting on this one
@@ -114,16 +128,18 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _launch_ranks(model_dir, out_dir) -> list[subprocess.Popen]:
+def _launch_ranks(model_dir, out_dir, scenario="all", timeout_s=120
+                  ) -> list[subprocess.Popen]:
     port = _free_port()
     processes = []
     for rank in range(WORLD):
         env = {key: value for key, value in os.environ.items() if key != "LOCAL_SIZE"}
         env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
-                   SELFPLAY_DIST_TIMEOUT_S="120",  # a failing peer ends its partner in 2 min
+                   SELFPLAY_DIST_TIMEOUT_S=str(timeout_s),
                    PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]))
-        code = f"import test_train_ranks as t; t.rank_main({str(model_dir)!r}, {str(out_dir)!r})"
+        code = ("import test_train_ranks as t; "
+                f"t.rank_main({str(model_dir)!r}, {str(out_dir)!r}, {scenario!r})")
         log = open(Path(out_dir) / f"rank{rank}.log", "w")
         processes.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log,
                                           stderr=subprocess.STDOUT, cwd=REPO))
@@ -228,3 +244,19 @@ def test_rank_0_exports_a_model_directory_of_the_trained_weights(runs):
 def test_ranks_exit_cleanly_and_leave_nothing_in_dev_shm(runs):
     _, _, shm_left, _ = runs  # the fixture already required exit code 0 of every rank
     assert shm_left == []
+
+
+def test_a_silent_peer_ends_the_update_at_the_process_group_timeout(tiny_model_dir, tmp_path):
+    """SELFPLAY_DIST_TIMEOUT_S bounds a collective: without it a stalled rank would hold its
+    peers for DeepSpeed's default 10 minutes (the process wait below would run out first)."""
+    processes = _launch_ranks(tiny_model_dir, tmp_path, scenario="stall", timeout_s=3)
+    try:
+        processes[0].wait(timeout=100)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert processes[0].returncode == 0, (tmp_path / "rank0.log").read_text()[-3000:]
+    outcome = (tmp_path / "rank0.txt").read_text()
+    assert outcome != "finished" and "timed out" in outcome.lower(), outcome
