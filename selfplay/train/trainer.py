@@ -174,8 +174,9 @@ class Trainer:
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
         }
-        self.engine, _, _, _ = deepspeed.initialize(
-            model=policy, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        with quiet_stdout():  # it sets up DeepSpeed's comm backend when the engine made the group
+            self.engine, _, _, _ = deepspeed.initialize(
+                model=policy, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
         if self.reference is not None:
             self.reference.to(self.engine.device)
 
