@@ -150,6 +150,10 @@ class DistributedConfig(Section):
                                    "Ray (the weights pass through it).")
     timeout_s: float = Field(300.0, gt=0, description="ray: seconds a rank waits for a missing "
                              "peer before the run stops with an error.")
+    weight_sync: Literal["object_store", "gloo"] = Field(
+        "gloo", description="ray: how the weights go from trainer rank 0 to the engines after "
+        "each update: broadcast over a gloo group of their own, or through Ray's object store "
+        "(docs/distributed.md has both measured).")
 
     @model_validator(mode="after")
     def _check_backend(self) -> "DistributedConfig":

@@ -195,18 +195,23 @@ def test_address_auto_joins_the_running_cluster_and_leaves_it_running(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_weights_reach_the_engine_actor_through_the_object_store(tmp_path, tiny_model_dir,
-                                                                 no_ray_left_behind):
+@pytest.mark.parametrize("weight_sync", ["object_store", "gloo"])
+def test_weights_reach_the_engine_actor(weight_sync, tmp_path, tiny_model_dir,
+                                        no_ray_left_behind):
     """After a sync the engine actor scores a fixed sequence as the trained weights do, and
-    before it as the old ones did: a sync that silently keeps old weights fails here."""
+    before it as the old ones did: a sync that silently keeps old weights fails here. Over gloo,
+    a sync to an engine that died then ends in the one-line error, long before the timeout."""
+    import ray
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selfplay.distributed.ray_placement import RayPlacement
+    from selfplay.distributed.ray_placement import DistributedError, RayPlacement
     from test_train import make_pairs
 
     recipe = load(TINY_RECIPE, [*RAY, "distributed.trainer_ranks=2", "train.zero_stage=3",
-                                "train.lr=5e-3", "train.micro_batch_size=4"])
+                                "train.lr=5e-3", "train.micro_batch_size=4",
+                                f"distributed.weight_sync={weight_sync}",
+                                "distributed.timeout_s=120"])
     placement = RayPlacement(recipe, need_engine=True, run_dir=tmp_path)
     try:
         engine = placement.rollout(str(tiny_model_dir), recipe.rollout, dtype="float32", seed=0)
@@ -221,6 +226,15 @@ def test_weights_reach_the_engine_actor_through_the_object_store(tmp_path, tiny_
         engine.update_weights(trainer.named_weights())
         after = engine.sequence_logprobs(probe.prompt_ids, probe.chosen.token_ids)
         trainer.export(str(tmp_path / "trained"), AutoTokenizer.from_pretrained(tiny_model_dir))
+        if weight_sync == "gloo":
+            ray.kill(engine.engines[0])
+            started = time.time()
+            with pytest.raises(DistributedError) as failure:
+                engine.update_weights(trainer.named_weights())
+            assert time.time() - started < 60  # not gloo's 120 s timeout
+            message = str(failure.value)
+            assert "\n" not in message and "--resume" in message
+            assert "rollout engine actor died" in message or "weight sync" in message, message
     finally:
         placement.close()
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "trained", dtype=torch.float32)

@@ -55,6 +55,30 @@ class TrainerRank:
         state = self.trainer.state_dict_numpy()
         return None if state is None else [ray.put(state)]
 
+    def host_weight_group(self, timeout_s: float):
+        """Rank 0: starts the weight group's store; returns its address and what each sync
+        sends (names, shapes, dtypes), for the engines."""
+        from selfplay.distributed.weight_sync import host_store, weight_spec
+
+        host = ray.util.get_node_ip_address()
+        self._weight_store = host_store(host, timeout_s)
+        return host, self._weight_store.port, weight_spec(self.trainer.model)
+
+    def open_weight_group(self, size: int, timeout_s: float) -> None:
+        from selfplay.distributed.weight_sync import WeightGroup
+
+        self.weight_group = WeightGroup(self._weight_store, 0, size, timeout_s)
+
+    def send_weights(self) -> None:
+        """Rank 0 broadcasts the weights to the engines; every rank iterates them, as the
+        ZeRO-3 gather needs."""
+        weights = self.trainer.named_weights()
+        if self.trainer.rank == 0:
+            self.weight_group.send(weights)
+        else:
+            for _ in weights:
+                pass
+
     def save(self, directory: str) -> None:
         self.trainer.save(directory)
 
@@ -77,6 +101,15 @@ class EngineWorker:
 
     def generate(self, prompts, sampling, seed: int):
         return self.engine.generate(prompts, sampling, seed, progress=False)
+
+    def join_weight_group(self, host: str, port: int, rank: int, size: int, timeout_s: float,
+                          spec) -> None:
+        from selfplay.distributed.weight_sync import WeightGroup
+
+        self.weight_group = WeightGroup.join(host, port, rank, size, timeout_s, spec)
+
+    def receive_weights(self) -> None:
+        self.engine.update_weights(self.weight_group.receive())
 
     def update_weights(self, wrapped_ref) -> None:
         import torch

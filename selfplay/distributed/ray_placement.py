@@ -3,7 +3,8 @@
 The driver (the `selfplay run` process) keeps the loop, the data, the γ controller and the
 checkpoint bookkeeping; it calls the actor groups step by step, as OpenRLHF and verl do, which a
 run-to-completion Ray Train worker would not allow. Weights go from trainer rank 0 to every engine
-through Ray's object store, in memory; the driver only passes the reference on.
+in memory, as `distributed.weight_sync` says: through Ray's object store (the driver only passes
+the reference on), or broadcast over a gloo group of their own (selfplay.distributed.weight_sync).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import ray
 
 from selfplay.distributed.ray_actors import EngineWorker, RewardWorker, TrainerRank
 from selfplay.distributed.sizing import Role, missing_resource, plan_roles, split_evenly
+from selfplay.distributed.weight_sync import WeightSyncError
 from selfplay.errors import UserError
 from selfplay.rollout.base import RolloutEngine
 
@@ -30,9 +32,11 @@ def _short(error: BaseException) -> str:
     return text[0][:200] if text else type(error).__name__
 
 
-def wait_all(futures: list, role: str) -> list:
-    """The results of `futures` (one per actor of `role`), failing as soon as any one fails:
-    a rank whose peer died would otherwise block in a collective until its timeout."""
+def wait_all(futures: list, role: str | list[str]) -> list:
+    """The results of `futures` (one per actor of `role`, or of `role[i]`), failing as soon as
+    any one fails: a rank whose peer died would otherwise block in a collective until its
+    timeout."""
+    roles = dict(zip(futures, [role] * len(futures) if isinstance(role, str) else role))
     pending, done = list(futures), {}
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
@@ -40,7 +44,7 @@ def wait_all(futures: list, role: str) -> list:
             done[ready[0]] = ray.get(ready[0])
         except ray.exceptions.RayActorError as error:
             raise DistributedError(
-                f"a {role} actor died ({_short(error)}); the run directory is intact: run "
+                f"a {roles[ready[0]]} actor died ({_short(error)}); the run directory is intact: run "
                 "again with --resume") from None
         except ray.exceptions.RayTaskError as error:
             cause = getattr(error, "cause", None)
@@ -48,6 +52,15 @@ def wait_all(futures: list, role: str) -> list:
                 raise cause from None  # the part's own error, e.g. a UserError or RewardError
             raise
     return [done[future] for future in futures]
+
+
+def name_a_dead_actor(roles: dict, grace_s: float = 2.0) -> None:
+    """Raises the one-line "a <role> actor died" error if one of `roles`' actors is dead (Ray
+    tells within a fraction of a second); live actors may be busy, so it waits no longer."""
+    probes = {actor.__ray_ready__.remote(): role for actor, role in roles.items()}
+    ready, _ = ray.wait(list(probes), num_returns=len(probes), timeout=grace_s)
+    for probe in ready:
+        wait_all([probe], probes[probe])
 
 
 def _record(path: Path) -> None:
@@ -78,11 +91,19 @@ class RemoteWeights:
     wrapped_ref: list
 
 
+@dataclass
+class BroadcastWeights:
+    """The policy's weights, still with the trainer ranks: rank 0 broadcasts them over the
+    weight group when the engines receive, and the driver starts both sides at once."""
+    ranks: list
+
+
 class RayPlacement:
     def __init__(self, recipe, *, need_engine: bool, run_dir: Path):
         self.config = recipe.distributed
         self.started_ray = False
         self.actors: list = []
+        self.groups: dict = {}  # "trainer", "rollout": the weight group joins them
         # The processes of the Ray this run starts, so that a later start in the same run
         # directory stops what a `kill -9` of this driver left behind (Ray's agents can outlive
         # their raylet).
@@ -148,7 +169,9 @@ class RayPlacement:
                        kv_cache_gb=config.kv_cache_gb)
         engines = [self._spawn(EngineWorker, role, i, config.engine, model_dir, options)
                    for i in range(role.count)]
-        return RayRolloutGroup(engines, model_dir, config.max_model_len)
+        self.groups["rollout"] = RayRolloutGroup(engines, model_dir, config.max_model_len)
+        self._open_weight_group()
+        return self.groups["rollout"]
 
     def trainer(self, model_dir: str, config, **options):
         role = self.roles["trainer rank"]
@@ -164,7 +187,24 @@ class RayPlacement:
         wait_all(builds, "trainer rank")  # all at once: building the group is collective
         if self.started_ray:  # every process is up now: the agents, the actors' workers
             _record(self.process_file)
-        return RayTrainerGroup(ranks)
+        self.groups["trainer"] = RayTrainerGroup(ranks)
+        self._open_weight_group()
+        return self.groups["trainer"]
+
+    def _open_weight_group(self) -> None:
+        """With `weight_sync: gloo`, once both groups exist: trainer rank 0 hosts the store and
+        every engine joins (all at once: opening a gloo group is collective)."""
+        trainers, rollout = self.groups.get("trainer"), self.groups.get("rollout")
+        if self.config.weight_sync != "gloo" or trainers is None or rollout is None:
+            return
+        timeout, rank0, engines = self.config.timeout_s, trainers.ranks[0], rollout.engines
+        host, port, spec = wait_all([rank0.host_weight_group.remote(timeout)], "trainer rank")[0]
+        size = 1 + len(engines)
+        wait_all([rank0.open_weight_group.remote(size, timeout)]
+                 + [engine.join_weight_group.remote(host, port, j + 1, size, timeout, spec)
+                    for j, engine in enumerate(engines)],
+                 ["trainer rank"] + ["rollout engine"] * len(engines))
+        trainers.broadcasts = True
 
     def actors_rss_mb(self) -> float | None:
         """Resident memory of this run's actors on this machine (a private Ray), in MB."""
@@ -207,6 +247,7 @@ class RayTrainerGroup:
 
     def __init__(self, ranks: list):
         self.ranks = ranks
+        self.broadcasts = False  # True once the weight group joins rank 0 to the engines
         self._lr = wait_all([ranks[0].lr.remote()], "trainer rank")[0]
 
     def _all(self, method: str, *args) -> list:
@@ -225,7 +266,9 @@ class RayTrainerGroup:
     def lr(self) -> float:
         return self._lr
 
-    def named_weights(self) -> RemoteWeights:
+    def named_weights(self) -> RemoteWeights | BroadcastWeights:
+        if self.broadcasts:  # nothing moves until the engines receive
+            return BroadcastWeights(self.ranks)
         return RemoteWeights(self._all("publish_weights")[0])
 
     def save(self, directory: str) -> None:
@@ -267,12 +310,25 @@ class RayRolloutGroup(RolloutEngine):
         return [rollout for part in wait_all(futures, "rollout engine") for rollout in part]
 
     def update_weights(self, named_tensors) -> None:
+        if isinstance(named_tensors, BroadcastWeights):
+            return self._receive_broadcast(named_tensors.ranks)
         if not isinstance(named_tensors, RemoteWeights):  # e.g. a model's tensors: put them
             state = {name: tensor.detach().float().cpu().numpy()
                      for name, tensor in named_tensors}
             named_tensors = RemoteWeights([ray.put(state)])
         wait_all([engine.update_weights.remote(named_tensors.wrapped_ref)
                   for engine in self.engines], "rollout engine")
+
+    def _receive_broadcast(self, ranks: list) -> None:
+        sends = [rank.send_weights.remote() for rank in ranks]
+        receives = [engine.receive_weights.remote() for engine in self.engines]
+        try:
+            wait_all(sends + receives, ["trainer rank"] * len(sends)
+                     + ["rollout engine"] * len(receives))
+        except WeightSyncError as error:  # a peer vanished: name it if Ray knows it died
+            name_a_dead_actor({rank: "trainer rank" for rank in ranks}
+                              | {engine: "rollout engine" for engine in self.engines})
+            raise DistributedError(str(error)) from None
 
     def sequence_logprobs(self, prompt_ids, completion_ids) -> list[float]:
         return wait_all([self.engines[0].sequence_logprobs.remote(prompt_ids, completion_ids)],

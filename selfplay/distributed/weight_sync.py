@@ -1,0 +1,83 @@
+"""Weight sync over gloo: trainer rank 0 broadcasts the policy's tensors to every rollout engine
+through a process group of their own (rank 0 of the group is trainer rank 0, engine j is rank
+j + 1).
+
+The group is a bare `ProcessGroupGloo` on a `PrefixStore`, never `init_process_group`: trainer
+rank 0 already has DeepSpeed's default group and each engine vLLM's, and neither may change.
+The tensors' names, shapes and dtypes go to the engines once, through Ray, when the group opens;
+each sync then sends only the tensors, one broadcast each, in that order.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Iterable
+
+import torch
+import torch.distributed as dist
+
+from selfplay.errors import UserError
+
+PREFIX = "selfplay-weights"
+
+Spec = list[tuple[str, tuple[int, ...], torch.dtype]]
+
+
+class WeightSyncError(UserError, RuntimeError):
+    """A peer of the weight group vanished or stalled; the run directory is intact."""
+
+
+def weight_spec(model: torch.nn.Module) -> Spec:
+    """What `Trainer.named_weights()` yields, without gathering: ZeRO-3 keeps a sharded
+    parameter's full shape in `ds_shape`."""
+    return [(name, tuple(getattr(param, "ds_shape", param.shape)), param.dtype)
+            for name, param in model.named_parameters()]
+
+
+def host_store(host: str, timeout_s: float) -> dist.TCPStore:
+    """Trainer rank 0's store, on a port the OS picks (no race for a probed free port)."""
+    return dist.TCPStore(host, 0, None, True, timedelta(seconds=timeout_s),
+                         wait_for_workers=False)
+
+
+class WeightGroup:
+    """One member of the group. Opening it is collective: every member must open at once."""
+
+    def __init__(self, store: dist.Store, rank: int, size: int, timeout_s: float,
+                 spec: Spec | None = None):
+        self.store = store  # rank 0's TCPStore serves the others for as long as the group lives
+        self.rank = rank
+        self.group = dist.ProcessGroupGloo(dist.PrefixStore(PREFIX, store), rank, size,
+                                           timedelta(seconds=timeout_s))
+        self.spec = spec  # the engines' side: what rank 0 sends
+        self._buffers: list[tuple[str, torch.Tensor]] | None = None
+
+    @classmethod
+    def join(cls, host: str, port: int, rank: int, size: int, timeout_s: float,
+             spec: Spec) -> "WeightGroup":
+        store = dist.TCPStore(host, port, None, False, timedelta(seconds=timeout_s))
+        return cls(store, rank, size, timeout_s, spec)
+
+    def _broadcast(self, tensor: torch.Tensor) -> None:
+        options = dist.BroadcastOptions()
+        options.rootRank = 0
+        try:
+            self.group.broadcast([tensor], options).wait()
+        except RuntimeError as error:  # gloo's "Connection reset by peer", or its timeout
+            text = " ".join(str(error).split())[:200]
+            raise WeightSyncError(f"the weight sync over gloo failed ({text}); the run "
+                                  "directory is intact: run again with --resume") from None
+
+    def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Rank 0: broadcasts each tensor as it comes (a ZeRO-3 gather yields them one by one)."""
+        for _, tensor in named_tensors:
+            self._broadcast(tensor.detach().contiguous())
+
+    def receive(self) -> list[tuple[str, torch.Tensor]]:
+        """An engine: the tensors rank 0 sends, in the spec's order, into buffers kept between
+        syncs (the engines copy them into their parameters)."""
+        if self._buffers is None:
+            self._buffers = [(name, torch.empty(shape, dtype=dtype))
+                             for name, shape, dtype in self.spec]
+        for _, buffer in self._buffers:
+            self._broadcast(buffer)
+        return self._buffers
