@@ -100,7 +100,8 @@ def test_two_ranks_under_ray_match_a_local_run(tmp_path, no_ray_left_behind):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "placement: a private Ray: 2 trainer ranks, 1 rollout engine" in result.stdout
     first_local, first_ray = records(local)[0], records(remote)[0]
-    assert first_ray.keys() == first_local.keys()
+    assert first_ray.keys() == first_local.keys() | {"actors_rss_mb"}
+    assert first_ray["actors_rss_mb"] > 100  # the actors' memory, beside the driver's rss_mb
     assert first_ray["reward_mean"] == first_local["reward_mean"]  # identical completions
     for key in ("loss", "margin_p10", "margin_p50", "margin_p90", "active_fraction"):
         assert first_ray[key] == pytest.approx(first_local[key], abs=1e-5), key
