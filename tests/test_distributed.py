@@ -86,6 +86,36 @@ def test_more_than_one_of_anything_needs_ray():
         load(TINY_RECIPE, ["distributed.reward_workers=1"])
 
 
+# --- the weight group: two plain processes -------------------------------------------------------
+JOIN_AND_RECEIVE_ONCE = """
+import sys, torch
+from selfplay.distributed.weight_sync import WeightGroup
+spec = [("a", (2, 3), torch.float32), ("b", (4,), torch.bfloat16)]
+group = WeightGroup.join("127.0.0.1", int(sys.argv[1]), 1, 2, 20, spec)
+print([(name, tensor.dtype, tensor.tolist()) for name, tensor in group.receive()])
+"""
+
+
+def test_the_weight_group_delivers_the_tensors_and_a_vanished_engine_is_one_error():
+    import torch
+
+    from selfplay.distributed.weight_sync import WeightGroup, WeightSyncError, host_store
+
+    store = host_store("127.0.0.1", timeout_s=20)
+    engine = subprocess.Popen([sys.executable, "-c", JOIN_AND_RECEIVE_ONCE, str(store.port)],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    group = WeightGroup(store, 0, 2, timeout_s=20)
+    weights = [("a", torch.arange(6.0).reshape(2, 3)), ("b", torch.tensor([1.5, -2, 0, 3],
+                                                                        dtype=torch.bfloat16))]
+    group.send(weights)
+    received, _ = engine.communicate(timeout=60)
+    assert received.strip() == ("[('a', torch.float32, [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]), "
+                                "('b', torch.bfloat16, [1.5, -2.0, 0.0, 3.0])]")
+    with pytest.raises(WeightSyncError, match=r"the weight sync over gloo failed \(Connection "
+                                              r"closed by peer .*\); .*--resume"):
+        group.send(weights)  # the engine has exited
+
+
 # --- real runs ---------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.ray
@@ -202,7 +232,6 @@ def test_weights_reach_the_engine_actor(weight_sync, tmp_path, tiny_model_dir,
     """After a sync the engine actor scores a fixed sequence as the trained weights do, and
     before it as the old ones did: a sync that silently keeps old weights fails here. Over gloo,
     a sync to an engine that died then ends in the one-line error, long before the timeout."""
-    import ray
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -227,8 +256,8 @@ def test_weights_reach_the_engine_actor(weight_sync, tmp_path, tiny_model_dir,
         engine.update_weights(trainer.named_weights())
         after = engine.sequence_logprobs(probe.prompt_ids, probe.chosen.token_ids)
         trainer.export(str(tmp_path / "trained"), AutoTokenizer.from_pretrained(tiny_model_dir))
-        if weight_sync == "gloo":
-            ray.kill(engine.engines[0])
+        if weight_sync == "gloo":  # killed as the OS would: gloo may notice before Ray does
+            next(p for p in ray_processes() if "EngineWorker" in " ".join(p.cmdline())).kill()
             started = time.time()
             with pytest.raises(DistributedError) as failure:
                 engine.update_weights(trainer.named_weights())

@@ -44,8 +44,8 @@ def wait_all(futures: list, role: str | list[str]) -> list:
             done[ready[0]] = ray.get(ready[0])
         except ray.exceptions.RayActorError as error:
             raise DistributedError(
-                f"a {roles[ready[0]]} actor died ({_short(error)}); the run directory is intact: run "
-                "again with --resume") from None
+                f"a {roles[ready[0]]} actor died ({_short(error)}); the run directory is intact: "
+                "run again with --resume") from None
         except ray.exceptions.RayTaskError as error:
             cause = getattr(error, "cause", None)
             if isinstance(cause, Exception):

@@ -9,6 +9,7 @@ each sync then sends only the tensors, one broadcast each, in that order.
 """
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Iterable
 
@@ -57,20 +58,23 @@ class WeightGroup:
         store = dist.TCPStore(host, port, None, False, timedelta(seconds=timeout_s))
         return cls(store, rank, size, timeout_s, spec)
 
-    def _broadcast(self, tensor: torch.Tensor) -> None:
+    def _broadcast(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Posts every broadcast at once, then waits for them all (gloo keeps their order)."""
         options = dist.BroadcastOptions()
         options.rootRank = 0
         try:
-            self.group.broadcast([tensor], options).wait()
+            # Each tensor stays referenced until its broadcast is done.
+            works = [(self.group.broadcast([tensor], options), tensor) for tensor in tensors]
+            for work, _ in works:
+                work.wait()
         except RuntimeError as error:  # gloo's "Connection reset by peer", or its timeout
-            text = " ".join(str(error).split())[:200]
+            text = re.sub(r"^\[[^\]]*\] ", "", " ".join(str(error).split())).split(". ")[0]
             raise WeightSyncError(f"the weight sync over gloo failed ({text}); the run "
                                   "directory is intact: run again with --resume") from None
 
     def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Rank 0: broadcasts each tensor as it comes (a ZeRO-3 gather yields them one by one)."""
-        for _, tensor in named_tensors:
-            self._broadcast(tensor.detach().contiguous())
+        self._broadcast(tensor.detach().contiguous() for _, tensor in named_tensors)
 
     def receive(self) -> list[tuple[str, torch.Tensor]]:
         """An engine: the tensors rank 0 sends, in the spec's order, into buffers kept between
@@ -78,6 +82,5 @@ class WeightGroup:
         if self._buffers is None:
             self._buffers = [(name, torch.empty(shape, dtype=dtype))
                              for name, shape, dtype in self.spec]
-        for _, buffer in self._buffers:
-            self._broadcast(buffer)
+        self._broadcast(buffer for _, buffer in self._buffers)
         return self._buffers
