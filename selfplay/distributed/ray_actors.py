@@ -58,11 +58,11 @@ class TrainerRank:
     def host_weight_group(self, timeout_s: float):
         """Rank 0: starts the weight group's store; returns its address and what each sync
         sends (names, shapes, dtypes), for the engines."""
-        from selfplay.distributed.weight_sync import host_store, weight_spec
+        from selfplay.distributed.weight_sync import host_store
 
         host = ray.util.get_node_ip_address()
         self._weight_store = host_store(host, timeout_s)
-        return host, self._weight_store.port, weight_spec(self.trainer.model)
+        return host, self._weight_store.port, self.trainer.weight_spec()
 
     def open_weight_group(self, size: int, timeout_s: float) -> None:
         from selfplay.distributed.weight_sync import WeightGroup

@@ -27,13 +27,6 @@ class WeightSyncError(UserError, RuntimeError):
     """A peer of the weight group vanished or stalled; the run directory is intact."""
 
 
-def weight_spec(model: torch.nn.Module) -> Spec:
-    """What `Trainer.named_weights()` yields, without gathering: ZeRO-3 keeps a sharded
-    parameter's full shape in `ds_shape`."""
-    return [(name, tuple(getattr(param, "ds_shape", param.shape)), param.dtype)
-            for name, param in model.named_parameters()]
-
-
 def host_store(host: str, timeout_s: float) -> dist.TCPStore:
     """Trainer rank 0's store, on a port the OS picks (no race for a probed free port)."""
     return dist.TCPStore(host, 0, None, True, timedelta(seconds=timeout_s),

@@ -404,6 +404,12 @@ class Trainer:
             else:
                 yield name, param.detach()
 
+    def weight_spec(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        """(name, full shape, dtype) of each tensor `named_weights()` yields, in its order,
+        without gathering anything (ZeRO-3 keeps a sharded parameter's shape in `ds_shape`)."""
+        return [(name, tuple(getattr(param, "ds_shape", param.shape)), param.dtype)
+                for name, param in self.model.named_parameters()]
+
     def state_dict_numpy(self) -> dict[str, numpy.ndarray] | None:
         """The full weights as NumPy arrays (copies) on rank 0, None on the others; every rank
         must call it. The working dtype, except bf16 which NumPy lacks: upcast to fp32, exactly."""
