@@ -13,18 +13,10 @@ class FakeEngine(RolloutEngine):
 
     def __init__(self, replies, chat_template=None, max_model_len=4096):
         self.replies = replies
-        self._tokenizer = build_tokenizer()
-        self._tokenizer.chat_template = chat_template
-        self._max_model_len = max_model_len
+        self.tokenizer = build_tokenizer()
+        self.tokenizer.chat_template = chat_template
+        self.max_model_len = max_model_len
         self.calls = []
-
-    @property
-    def tokenizer(self):
-        return self._tokenizer
-
-    @property
-    def max_model_len(self):
-        return self._max_model_len
 
     def generate(self, prompts, sampling, seed, progress=False):
         self.calls.append((prompts, sampling, seed))

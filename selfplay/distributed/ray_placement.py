@@ -291,17 +291,9 @@ class RayRolloutGroup(RolloutEngine):
         from transformers import AutoTokenizer
 
         self.engines = engines
-        self._tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self._max_model_len = max_model_len
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.max_model_len = max_model_len
         wait_all([engine.__ray_ready__.remote() for engine in engines], "rollout engine")
-
-    @property
-    def tokenizer(self):
-        return self._tokenizer
-
-    @property
-    def max_model_len(self) -> int:
-        return self._max_model_len
 
     def generate(self, prompts, sampling, seed: int, progress: bool = False):
         chunks = split_evenly(list(prompts), len(self.engines))

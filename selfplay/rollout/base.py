@@ -16,17 +16,13 @@ if TYPE_CHECKING:
 
 
 class RolloutEngine(ABC):
-    """Engines never see the trainer: the loop hands them weights as (name, tensor) pairs."""
+    """Engines never see the trainer: the loop hands them weights as (name, tensor) pairs.
 
-    @property
-    @abstractmethod
-    def tokenizer(self) -> "PreTrainedTokenizerBase":
-        """The served model's tokenizer (a Hugging Face tokenizer, chat template included)."""
+    Every engine sets these two in its constructor; callers (e.g. the judge rewarder) read them.
+    """
 
-    @property
-    @abstractmethod
-    def max_model_len(self) -> int:
-        """Most tokens, prompt plus completion, that one sequence may hold."""
+    tokenizer: "PreTrainedTokenizerBase"  # the served model's, chat template included
+    max_model_len: int  # most tokens, prompt plus completion, that one sequence may hold
 
     @abstractmethod
     def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int,

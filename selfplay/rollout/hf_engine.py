@@ -20,20 +20,12 @@ class HFEngine(RolloutEngine):
     def __init__(self, model_dir: str, *, dtype: str, max_model_len: int, batch_size: int = 64):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self._tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype]).eval()
-        self._max_model_len = max_model_len
+        self.max_model_len = max_model_len
         self.batch_size = batch_size
         self.pad_id = pad_token_id(self.tokenizer)
         self.eos_id = self.tokenizer.eos_token_id
-
-    @property
-    def tokenizer(self):
-        return self._tokenizer
-
-    @property
-    def max_model_len(self) -> int:
-        return self._max_model_len
 
     @torch.no_grad()
     def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int,

@@ -49,16 +49,8 @@ class VLLMEngine(RolloutEngine):
         random.setstate(saved_rng[0])
         np.random.set_state(saved_rng[1])
         torch.set_rng_state(saved_rng[2])
-        self._tokenizer = self.llm.get_tokenizer()
-        self._max_model_len = max_model_len
-
-    @property
-    def tokenizer(self):
-        return self._tokenizer
-
-    @property
-    def max_model_len(self) -> int:
-        return self._max_model_len
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = max_model_len
 
     def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int,
                  progress: bool = False) -> list[Rollout]:
