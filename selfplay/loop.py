@@ -156,12 +156,12 @@ class Loop:
         self.controller.update(MarginObservation(iteration, self.recipe.loop.iterations,
                                                  update.margins, update.margins_end))
         record["gamma_next"] = self.controller.value
+        actors_rss = self.placement.actors_rss_mb()
+        if actors_rss is not None:  # before the checkpoint, whose copy of the record must match
+            record["actors_rss_mb"] = actors_rss
         self.iteration = iteration
         record["time_checkpoint_s"] = self._checkpoint_if_due(record, started)
         finish_record(record, started)
-        actors_rss = self.placement.actors_rss_mb()
-        if actors_rss is not None:
-            record["actors_rss_mb"] = actors_rss
         self.metrics.append(record)
         return record
 

@@ -248,7 +248,10 @@ class RayTrainerGroup:
     def __init__(self, ranks: list):
         self.ranks = ranks
         self.broadcasts = False  # True once the weight group joins rank 0 to the engines
-        self._lr = wait_all([ranks[0].lr.remote()], "trainer rank")[0]
+        self._refresh_lr()
+
+    def _refresh_lr(self) -> None:
+        self._lr = wait_all([self.ranks[0].lr.remote()], "trainer rank")[0]
 
     def _all(self, method: str, *args) -> list:
         return wait_all([getattr(rank, method).remote(*args) for rank in self.ranks],
@@ -256,7 +259,7 @@ class RayTrainerGroup:
 
     def train(self, pairs, gamma, iteration: int, progress: bool = False):
         stats = self._all("train", pairs, gamma, iteration)[0]  # every rank returns the same
-        self._lr = wait_all([self.ranks[0].lr.remote()], "trainer rank")[0]
+        self._refresh_lr()
         return stats
 
     def margins(self, pairs) -> list[float]:
@@ -276,7 +279,7 @@ class RayTrainerGroup:
 
     def load(self, directory: str) -> None:
         self._all("load", directory)
-        self._lr = wait_all([self.ranks[0].lr.remote()], "trainer rank")[0]
+        self._refresh_lr()
 
     def export(self, out_dir: str, tokenizer) -> None:
         self._all("export", out_dir, tokenizer)
