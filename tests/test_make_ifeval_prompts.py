@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -35,6 +36,11 @@ def registry():
 
 def read_prompts(path):
     return [json.loads(line)["prompt"] for line in path.open()]
+
+
+def read_constraint_sets(generator, path):
+    return [generator.constraint_set(row["instruction_id_list"], row["kwargs"])
+            for row in map(json.loads, path.open())]
 
 
 def test_the_seed_decides_everything(generator, rows):
@@ -84,6 +90,36 @@ def test_short_answer_limits(generator):
     assert not generator.fits_short_answer({"num_bullets": 6})
 
 
+def test_constraint_set_ignores_order_and_null_arguments_but_not_values(generator):
+    one = generator.constraint_set(["punctuation:no_comma", "keywords:existence"],
+                                   [{}, {"keywords": ["a", "b"]}])
+    assert generator.constraint_set(["keywords:existence", "punctuation:no_comma"],
+                                    [{"keywords": ["a", "b"], "unused": None}, None]) == one
+    assert generator.constraint_set(["punctuation:no_comma", "keywords:existence"],
+                                    [{}, {"keywords": ["a", "c"]}]) != one
+    assert generator.constraint_set(["punctuation:no_comma"], [{}]) != one
+
+
+def test_exclude_keeps_listed_constraint_sets_out(generator, tmp_path):
+    # A small case: rows of seed 7 as the "train" file; seed 8 drawn with and without it.
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(row) + "\n" for row in generator.make_rows(7, 60)))
+    train_sets = set(read_constraint_sets(generator, train))
+    unguarded = generator.make_rows(seed=8, count=60)
+    unguarded_sets = {generator.constraint_set(r["instruction_id_list"], r["kwargs"])
+                      for r in unguarded}
+    assert train_sets & unguarded_sets  # without --exclude they do meet: not vacuous
+
+    out = tmp_path / "heldout.jsonl"
+    generator.main(["--seed", "8", "--count", "60", "--exclude", str(train), "--out", str(out)])
+    guarded = read_constraint_sets(generator, out)
+    assert len(guarded) == 60
+    assert not train_sets & set(guarded)
+    again = tmp_path / "again.jsonl"
+    generator.main(["--seed", "8", "--count", "60", "--exclude", str(train), "--out", str(again)])
+    assert again.read_bytes() == out.read_bytes()
+
+
 def test_exclude_keeps_listed_prompts_out(generator, tmp_path):
     train_prompts = set(read_prompts(TRAIN))
     # Drawn without the exclusion, seed 1000 repeats a training prompt: the check is not vacuous.
@@ -98,7 +134,8 @@ def test_exclude_keeps_listed_prompts_out(generator, tmp_path):
     assert not train_prompts & set(guarded)
 
     also = tmp_path / "first.jsonl"
-    also.write_text(json.dumps({"prompt": guarded[0]}) + "\n")
+    first = json.loads(out.open().readline())
+    also.write_text(json.dumps(first) + "\n")
     again = tmp_path / "again.jsonl"
     generator.main(["--seed", "1000", "--count", "200", "--exclude", str(TRAIN),
                     "--exclude", str(also), "--out", str(again)])
@@ -112,10 +149,21 @@ def test_shipped_heldout_set_shares_no_prompt_with_train():
     assert not set(train) & set(heldout)
 
 
+def test_shipped_heldout_set_shares_no_constraint_set_with_train(generator):
+    train = set(read_constraint_sets(generator, TRAIN))
+    shared = [s for s in read_constraint_sets(generator, HELDOUT) if s in train]
+    assert not shared, f"{len(shared)} held-out rows share a constraint set with training"
+
+
 def test_shipped_files_are_what_the_documented_commands_make(tmp_path):
+    # The script imports `rewarders`; put the checkout first on the path so the check does not
+    # depend on how (or whether) the package is installed in the environment.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
     def make(*args):
         result = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=REPO,
-                                capture_output=True, text=True, timeout=120)
+                                env=env, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
 
     make("--seed", 1, "--count", 512, "--out", tmp_path / "ifeval-train.jsonl")

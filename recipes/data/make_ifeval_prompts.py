@@ -13,6 +13,11 @@ test prompts is used. Re-run with another seed to make more; the seed decides ev
 Instructions whose drawn arguments cannot be met in a short answer (more than 60 words, 6
 sentences, 3 paragraphs, 3 sections or 5 bullets) are re-drawn, and the answer language
 instruction is left out: the quickstart's answers are at most ~160 tokens from a 135M model.
+
+`--exclude` keeps out every row whose constraint set (instruction ids with their arguments, see
+`constraint_set`) is that of a row in the given file, not only its exact prompts: the reward only
+checks the constraints, so a held-out row with a training row's constraints under another base
+task would measure recall of those constraints rather than generalisation.
 """
 from __future__ import annotations
 
@@ -92,9 +97,19 @@ def draw_instruction(instruction_id: str, cls, task: str):
     raise RuntimeError(f"cannot draw arguments for {instruction_id}")
 
 
+def constraint_set(instruction_ids, kwargs) -> tuple:
+    """What the reward checks for a row, order-free: sorted (id, canonical JSON of its non-null
+    arguments) pairs. Two rows with equal sets are scored by the same checks."""
+    return tuple(sorted(
+        (instruction_id, json.dumps({key: value for key, value in (args or {}).items()
+                                     if value is not None}, sort_keys=True))
+        for instruction_id, args in zip(instruction_ids, kwargs, strict=True)))
+
+
 def make_rows(seed: int, count: int, min_instructions: int = 1, max_instructions: int = 3,
-              exclude: set[str] = frozenset()):
-    """`count` rows; prompts in `exclude` (e.g. the training set's) are drawn again."""
+              exclude: list[dict] = ()):
+    """`count` rows; a draw whose prompt or constraint set is that of a row in `exclude` (e.g.
+    the training set) is drawn again."""
     from rewarders.nltk_data import ensure_nltk_data
 
     ensure_nltk_data()
@@ -104,7 +119,8 @@ def make_rows(seed: int, count: int, min_instructions: int = 1, max_instructions
     random.seed(seed)
     ids = [i for i in INSTRUCTION_DICT if i not in EXCLUDED]
     rows: list[dict] = []
-    seen = set(exclude)
+    seen = {row["prompt"] for row in exclude}
+    excluded_sets = {constraint_set(row["instruction_id_list"], row["kwargs"]) for row in exclude}
     while len(rows) < count:
         task = random.choice(TASKS).format(topic=random.choice(TOPICS))
         wanted = random.randint(min_instructions, max_instructions)
@@ -123,7 +139,7 @@ def make_rows(seed: int, count: int, min_instructions: int = 1, max_instructions
             parts.append(description)
             kwargs.append(args)
         prompt = " ".join(parts)
-        if prompt in seen:
+        if prompt in seen or constraint_set(chosen, kwargs) in excluded_sets:
             continue
         seen.add(prompt)
         rows.append({"key": f"s{seed}-{len(rows)}", "prompt": prompt,
@@ -139,9 +155,10 @@ def main(argv=None) -> None:
     parser.add_argument("--max-instructions", type=int, default=3)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--exclude", type=Path, action="append", default=[],
-                        help="A prompt file whose prompts must not reappear (e.g. the train set).")
+                        help="A prompt file (e.g. the train set) whose prompts and constraint "
+                             "sets must not reappear.")
     args = parser.parse_args(argv)
-    exclude = {json.loads(line)["prompt"] for path in args.exclude for line in path.open()}
+    exclude = [json.loads(line) for path in args.exclude for line in path.open()]
     rows = make_rows(args.seed, args.count, args.min_instructions, args.max_instructions, exclude)
     with args.out.open("w") as handle:
         for row in rows:
