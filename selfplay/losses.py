@@ -3,7 +3,8 @@
 Every loss is called as::
 
     get_loss(name)(chosen_logps, rejected_logps, *, gamma, beta=None,
-                   ref_chosen_logps=None, ref_rejected_logps=None) -> LossOutput
+                   ref_chosen_logps=None, ref_rejected_logps=None,
+                   reduction="all", whole_batch=None) -> LossOutput
 
 ``chosen_logps`` / ``rejected_logps`` are 1-D tensors, one sequence log-likelihood per pair. Each
 registered loss declares which it is defined on (``LossSpec.length_normalised``) and the caller
@@ -11,7 +12,9 @@ supplies that: RePO, SimPO and RePO++ take length-normalised scores ``s(y|x)`` (
 completion token, DESIGN.md); DPO and IPO take summed log-probs (IPO's target ``1/(2β)`` is a
 summed log-ratio: fed per-token means with β = 0.1 it would pull margins toward 5 nats per token).
 
-- ``repo``:   ``mean ReLU(γ − M)`` with ``M = chosen − rejected``; no β, no reference.
+- ``repo``:   ``mean ReLU(γ − M)`` with ``M = chosen − rejected``; no β, no reference. With
+  ``reduction="active"``: ``sum ReLU(γ − M) / max(#{M < γ}, 1)``, the mean over the active pairs
+  only (which pairs train stays the filter's choice; the step no longer shrinks as pairs pass γ).
 - ``simpo``:  ``mean −log σ(β(M − γ))``; default β 2.0.
 - ``repo++``: RePO's filter on SimPO: pairs with ``M < γ`` give ``−log σ(β(M − γ))``, the others 0,
   averaged over all pairs; default β 2.0.
@@ -22,11 +25,17 @@ summed log-ratio: fed per-token means with β = 0.1 it would pull margins toward
 
 ``margins`` is ``M`` (or ``h`` for DPO/IPO) and ``active`` marks the pairs that get a gradient from
 the γ filter (``M < γ``); DPO and IPO filter nothing, so their ``active`` is all True.
+
+``whole_batch=(pairs, active)``: when the call holds one rank's share of a micro-batch, the whole
+micro-batch's pair and active counts, so that an ``active`` reduction divides by the whole
+micro-batch's active count. The loss stays on the per-pair-mean scale (``loss × len(share)``,
+summed over the shares, is the whole micro-batch's loss × its pair count), as the trainer's
+weighting expects.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -63,6 +72,7 @@ class LossSpec:
     default_beta: float | None  # None: the loss has no β
     reference: str  # "none", "optional" or "required"
     length_normalised: bool  # True: mean log-prob per completion token; False: summed log-probs
+    reductions: tuple[str, ...] = ("all",)  # "all": mean over all pairs; "active": over M < γ
 
     @property
     def needs_reference(self) -> bool:
@@ -78,8 +88,13 @@ class LossSpec:
         beta: float | None = None,
         ref_chosen_logps: torch.Tensor | None = None,
         ref_rejected_logps: torch.Tensor | None = None,
+        reduction: str = "all",
+        whole_batch: tuple[int, int] | None = None,
     ) -> LossOutput:
         _check_pairs(self.name, chosen_logps, rejected_logps)
+        if reduction not in self.reductions:
+            raise ValueError(f"loss {self.name!r}: reduction must be one of "
+                             f"{', '.join(self.reductions)}, got {reduction!r}")
         if self.default_beta is None:
             if beta is not None:
                 raise ValueError(f"loss {self.name!r} takes no beta, got beta={beta}")
@@ -88,22 +103,29 @@ class LossSpec:
             if not beta > 0:
                 raise ValueError(f"loss {self.name!r}: beta must be > 0, got {beta}")
         reference = _check_reference(self, chosen_logps, ref_chosen_logps, ref_rejected_logps)
-        return self.fn(chosen_logps, rejected_logps, gamma=_gamma(gamma, chosen_logps), beta=beta,
-                       reference=reference)
+        out = self.fn(chosen_logps, rejected_logps, gamma=_gamma(gamma, chosen_logps), beta=beta,
+                      reference=reference)
+        if reduction == "active":
+            # Filtered pairs add exactly 0, so mean·pairs is the active pairs' sum.
+            pairs, active = (whole_batch if whole_batch is not None
+                             else (len(chosen_logps), int(out.active.sum())))
+            out = replace(out, loss=out.loss * (pairs / max(active, 1)))
+        return out
 
 
 _LOSSES: dict[str, LossSpec] = {}
 
 
 def register_loss(name: str, *, default_beta: float | None = None, reference: str = "none",
-                  length_normalised: bool = True):
+                  length_normalised: bool = True, reductions: tuple[str, ...] = ("all",)):
     """Decorator adding ``fn(chosen, rejected, *, gamma, beta, reference)`` under ``name``.
 
     ``default_beta`` is None for a loss without β. The decorator's ``reference`` says whether the
     loss takes reference log-probs ("none", "optional", "required"); ``fn`` then receives them as
     ``reference``: None or the pair ``(ref_chosen_logps, ref_rejected_logps)``, already checked.
     ``length_normalised`` says which log-likelihoods the loss is defined on: per-token means
-    (True) or sums over the completion (False); the trainer supplies those.
+    (True) or sums over the completion (False); the trainer supplies those. ``reductions``: the
+    averages it allows; "active" only for a loss whose filtered pairs contribute exactly 0.
     """
     if reference not in ("none", "optional", "required"):
         raise ValueError(f"reference must be 'none', 'optional' or 'required', got {reference!r}")
@@ -111,7 +133,8 @@ def register_loss(name: str, *, default_beta: float | None = None, reference: st
     def decorator(fn: Callable[..., LossOutput]) -> Callable[..., LossOutput]:
         if name in _LOSSES:
             raise ValueError(f"loss {name!r} is already registered")
-        _LOSSES[name] = LossSpec(name, fn, default_beta, reference, bool(length_normalised))
+        _LOSSES[name] = LossSpec(name, fn, default_beta, reference, bool(length_normalised),
+                                 tuple(reductions))
         return fn
 
     return decorator
@@ -208,7 +231,7 @@ def _reference_margins(chosen, rejected, reference) -> torch.Tensor:
     return (chosen - ref_chosen) - (rejected - ref_rejected)
 
 
-@register_loss("repo", length_normalised=True)
+@register_loss("repo", length_normalised=True, reductions=("all", "active"))
 def repo_loss(chosen, rejected, *, gamma, beta, reference) -> LossOutput:
     """RePO: ``mean ReLU(γ − M)``; pairs with ``M ≥ γ`` get exactly zero gradient."""
     margins = chosen - rejected

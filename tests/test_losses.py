@@ -130,6 +130,64 @@ def test_gradients_reach_both_sides(name):
     assert rejected.grad is not None and rejected.grad.abs().sum() > 0
 
 
+# ---- RePO averaged over its active pairs (reduction="active") ----
+
+def four_pairs(grad=False):
+    # M = [0.3, 0.9, −0.2, 0.55]: with γ = 0.5 active, filtered, active, filtered.
+    return (logps(-1.0, -0.5, -1.2, -0.85, grad=grad), logps(-1.3, -1.4, -1.0, -1.4, grad=grad))
+
+
+def test_repo_active_reduction_divides_by_the_active_pairs():
+    chosen, rejected = four_pairs(grad=True)
+    out = get_loss("repo")(chosen, rejected, gamma=0.5, reduction="active")
+    # ReLU(γ − M) = [0.2, 0, 0.7, 0]: sum 0.9 over 2 active pairs = 0.45 (mean over all: 0.225).
+    assert out.loss.item() == pytest.approx(0.45)
+    out.loss.backward()
+    # d/dc = −1/#active for an active pair, 0 for a filtered one; the rejected side mirrors it.
+    assert chosen.grad.tolist() == [-0.5, 0.0, -0.5, 0.0]
+    assert rejected.grad.tolist() == [0.5, 0.0, 0.5, 0.0]
+    assert out.active.tolist() == [True, False, True, False]
+
+
+def test_repo_active_reduction_without_active_pairs_is_zero_not_nan():
+    chosen, rejected = four_pairs(grad=True)
+    out = get_loss("repo")(chosen, rejected, gamma=-1.0, reduction="active")
+    out.loss.backward()
+    assert out.loss.item() == 0.0 and chosen.grad.tolist() == [0.0] * 4
+
+
+def test_repo_active_reduction_over_rank_shares_adds_up_to_the_whole_batch():
+    # Two ranks hold pairs 0, 2 and 1, 3 of the micro-batch; `whole_batch` = (4 pairs, 2 active).
+    # Each share's loss × its pair count, summed, is the whole batch's loss × 4 (the trainer's
+    # weighting), and the gradients are the whole batch's.
+    chosen, rejected = four_pairs(grad=True)
+    whole = get_loss("repo")(chosen, rejected, gamma=0.5, reduction="active")
+    total = 0.0
+    for share in ([0, 2], [1, 3]):
+        out = get_loss("repo")(chosen[share], rejected[share], gamma=0.5, reduction="active",
+                               whole_batch=(4, 2))
+        (out.loss * len(share) / 4).backward()
+        total += out.loss.item() * len(share)
+    assert total == pytest.approx(whole.loss.item() * 4)
+    assert chosen.grad.tolist() == pytest.approx([-0.5, 0.0, -0.5, 0.0])
+    # Each share counting only its own active pairs (2 and 0) would give half the loss.
+    local = sum(get_loss("repo")(chosen[share], rejected[share], gamma=0.5,
+                                 reduction="active").loss.item() * len(share)
+                for share in ([0, 2], [1, 3]))
+    assert local == pytest.approx(0.9) and whole.loss.item() * 4 == pytest.approx(1.8)
+
+
+def test_the_active_reduction_is_repo_only():
+    assert get_loss("repo").reductions == ("all", "active")
+    for name in ("simpo", "repo++", "dpo", "ipo"):
+        assert get_loss(name).reductions == ("all",)
+    with pytest.raises(ValueError, match="loss 'simpo': reduction must be one of all, got "
+                                         "'active'"):
+        get_loss("simpo")(*two_pairs(), gamma=0.5, reduction="active")
+    with pytest.raises(ValueError, match="loss 'repo': reduction must be one of all, active"):
+        get_loss("repo")(*two_pairs(), gamma=0.5, reduction="sum")
+
+
 # ---- RePO is SimPO's β → ∞ limit: SimPO/β → ReLU(γ − M) ----
 
 def test_simpo_over_beta_converges_to_repo():

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy
 import pytest
 
+from selfplay.recipe import TrainConfig
+from selfplay.train.trainer import Trainer
 from test_train import make_dpo_trainer, make_pairs, make_trainer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,6 +36,14 @@ def micro_batch_gammas(margins):
     only its own share would compute other values."""
     mean = sum(margins) / len(margins)
     return [3.0 + 0.1 * (margin - mean) + 0.01 * len(margins) for margin in margins]
+
+
+def alternate_active_gammas(margins):
+    """Pairs at even positions of the micro-batch active (M < γ), odd ones filtered: with 2 ranks
+    rank 0 holds only active pairs and rank 1 none, so a count of one rank's own active pairs
+    would scale RePO's `active` reduction wrongly."""
+    return [margin + (0.05 if position % 2 == 0 else -0.05)
+            for position, margin in enumerate(margins)]
 
 
 def scenarios(model_dir, checkpoint_dir=None, export_dir=None):
@@ -59,6 +69,17 @@ def scenarios(model_dir, checkpoint_dir=None, export_dir=None):
     results["uneven_dpo"] = {
         "stats": [_train(trainer, make_pairs(7), 0.5, iteration) for iteration in (1, 2)],
         "margins": trainer.margins(make_pairs(7)),
+        "weights": trainer.state_dict_numpy()}
+
+    # RePO averaged over the active pairs of each micro-batch, counted over both ranks.
+    config = TrainConfig(lr=1e-3, micro_batch_size=4, warmup_ratio=0.0, lr_schedule="constant",
+                         zero_stage=2)
+    trainer = Trainer(str(model_dir), config, loss_name="repo", beta=None, seed=0, pad_id=0,
+                      iterations=25, pairs_per_iteration=16, reduction="active")
+    results["repo_active"] = {
+        "stats": [_train(trainer, make_pairs(8), alternate_active_gammas, iteration)
+                  for iteration in (1, 2)],
+        "margins": trainer.margins(make_pairs(8)),
         "weights": trainer.state_dict_numpy()}
 
     # ZeRO-3 shards the weights: state_dict_numpy gathers them; margins() of 5 pairs leaves the
@@ -210,6 +231,13 @@ def test_uneven_shares_and_a_rank_without_pairs_still_make_the_same_update(runs)
     # 7 pairs: both iterations really took a step on the lone 7th pair's window.
     assert [stats.steps for stats, _ in single["uneven_dpo"]["stats"]] == [2, 2]
     _assert_same_update(per_rank[0]["uneven_dpo"], single["uneven_dpo"])
+
+
+def test_repo_averaged_over_active_pairs_counts_them_over_both_ranks(runs):
+    per_rank, single, _, _ = runs
+    for stats, _ in single["repo_active"]["stats"]:  # half the pairs active, as intended
+        assert sum(m < g for m, g in zip(stats.margins, stats.gammas)) == 4
+    _assert_same_update(per_rank[0]["repo_active"], single["repo_active"])
 
 
 def test_zero3_weights_are_gathered_on_rank_0_only(runs):

@@ -130,7 +130,7 @@ class Trainer:
 
     def __init__(self, model_dir: str, config: TrainConfig, *, loss_name: str,
                  beta: float | None, seed: int, pad_id: int, iterations: int,
-                 pairs_per_iteration: int):
+                 pairs_per_iteration: int, reduction: str = "all"):
         choose_accelerator()  # before deepspeed loads: it reads DS_ACCELERATOR once, at import
         import deepspeed
         from transformers import AutoModelForCausalLM
@@ -143,6 +143,7 @@ class Trainer:
         self.config = config
         self.loss_fn = get_loss(loss_name)
         self.beta = beta
+        self.reduction = reduction  # the loss's average: over all pairs, or the active ones
         self.seed = seed
         self.pad_id = pad_id
         self.total_steps = total_steps
@@ -354,16 +355,21 @@ class Trainer:
                 yield epoch, order[start:start + window]
 
     def _micro_gammas(self, gamma_fn: GammaFn, margins: list[float], counted: bool
-                      ) -> float | list[float]:
+                      ) -> tuple[float | list[float], tuple[int, int] | None]:
         """γ for this rank's pairs, from `gamma_fn` applied to the whole micro-batch's margins
-        (a per-pair controller may weigh each pair against the others)."""
+        (a per-pair controller may weigh each pair against the others); with several ranks also
+        the whole micro-batch's (pairs, active pairs), for a loss averaged over active pairs."""
         if self._world_size == 1:
-            return gamma_fn(margins)
-        parts = self._all_gather(margins if counted else [])
-        gammas = gamma_fn(_interleave(parts))
+            return gamma_fn(margins), None
+        whole = _interleave(self._all_gather(margins if counted else []))
+        gammas = gamma_fn(whole)
+        # float32 like the loss's own `M < γ`, so both count the same pairs.
+        active = int((torch.tensor(whole, dtype=torch.float32)
+                      < torch.tensor(gammas, dtype=torch.float32)).sum())
+        whole_batch = (len(whole), active)
         if not isinstance(gammas, list):
-            return gammas
-        return gammas[self._rank::self._world_size] if counted else gammas[:1]
+            return gammas, whole_batch
+        return (gammas[self._rank::self._world_size] if counted else gammas[:1]), whole_batch
 
     def _micro_step(self, pairs: list[Pair], gamma_fn: GammaFn, *, share: float, boundary: bool,
                     counted: bool = True,
@@ -374,10 +380,12 @@ class Trainer:
         `reference`: the frozen reference's chosen and rejected log-probs of these pairs."""
         chosen, rejected, n_tokens = self._logps(pairs)
         chosen, rejected = chosen.float(), rejected.float()
-        gammas = self._micro_gammas(gamma_fn, (chosen - rejected).detach().tolist(), counted)
+        gammas, whole_batch = self._micro_gammas(gamma_fn, (chosen - rejected).detach().tolist(),
+                                                 counted)
         ref_chosen, ref_rejected = reference if reference is not None else (None, None)
         out = self.loss_fn(chosen, rejected, gamma=gammas, beta=self.beta,
-                           ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected)
+                           ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected,
+                           reduction=self.reduction, whole_batch=whole_batch)
         self.engine.set_gradient_accumulation_boundary(boundary)
         self.engine.backward(out.loss * share, scale_wrt_gas=False)
         self.engine.step()
