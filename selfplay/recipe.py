@@ -88,6 +88,17 @@ class LossConfig(Section):
     name: Literal["repo", "simpo", "dpo", "ipo", "repo++"] = Field("repo", description="Loss.")
     beta: Optional[float] = Field(None, gt=0, description="Temperature for the logistic losses; "
                                   "null uses the loss's default. RePO has none.")
+    reduction: Literal["all", "active"] = Field(
+        "all", description="repo: average a micro-batch's ReLU(γ − M) over all its pairs (the "
+        "paper), or over its active pairs (M < γ) only, so the step size does not shrink as "
+        "pairs pass γ.")
+
+    @model_validator(mode="after")
+    def _check_reduction(self) -> "LossConfig":
+        if self.reduction != "all" and self.name != "repo":
+            raise ValueError(f"loss.reduction: {self.reduction} applies to loss.name: repo only "
+                             f"(got {self.name}); remove loss.reduction")
+        return self
 
 
 # The `gamma` section: one model per controller, chosen by `controller` (fixed when omitted).
@@ -95,7 +106,7 @@ GammaConfig = Annotated[Union[FixedConfig, ScheduleConfig, AdaptiveConfig, Gamma
                         Field(discriminator="controller")]
 GAMMA_HELP = ("How γ is set: fixed, schedule (start→end over the run), adaptive (from the "
               "observed margins, docs/adaptive-gamma.md) or gammapo (per-pair targets, the γ-PO "
-              "baseline). Each has its own fields.")
+              "baseline; needs loss.name: simpo). Each has its own fields.")
 
 
 class TrainConfig(Section):
@@ -224,6 +235,14 @@ class Recipe(Section):
     def _check_cross_fields(self) -> "Recipe":
         if self.reward is None and (self.mode == "online" or self.eval.prompts):
             raise ValueError("reward: required (online mode and evaluation score completions)")
+        if isinstance(self.gamma, GammaPOConfig):
+            if self.loss.name != "simpo":
+                raise ValueError(f"gamma.controller: gammapo is SimPO with per-pair targets, it "
+                                 f"needs loss.name: simpo (got {self.loss.name})")
+            from selfplay.losses import get_loss  # torch: only for a γ-PO recipe
+
+            # γ-PO's reward gaps are β·M with the loss's own β.
+            self.gamma.bind(self.loss.beta or get_loss("simpo").default_beta, self.loop.seed)
         return self
 
     def to_dict(self) -> dict:

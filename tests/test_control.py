@@ -128,7 +128,9 @@ def test_build_controller():
     assert controller.gamma_at(5) == pytest.approx(0.2)
     assert build_controller(FixedConfig(value=0.4), 5).value == 0.4
     assert build_controller(AdaptiveConfig(initial=0.3), 5).value == 0.3
-    assert build_controller(GammaPOConfig(value=0.7), 5).gamma0 == 0.7
+    gammapo = GammaPOConfig(value=0.7)
+    gammapo.bind(loss_beta=10.0, seed=0)  # the recipe binds the simpo loss's β and loop.seed
+    assert build_controller(gammapo, 5).value == 0.7
 
 
 def test_bad_controller_fields_are_refused():
@@ -144,7 +146,7 @@ def test_bad_controller_fields_are_refused():
 # --- adaptive ---------------------------------------------------------------------------------
 import numpy as np  # noqa: E402
 
-from selfplay.control import AdaptiveGamma, GammaPOMargins  # noqa: E402
+from selfplay.control import AdaptiveGamma  # noqa: E402
 
 
 def adaptive(iterations, **fields):
@@ -238,12 +240,3 @@ def test_adaptive_state_round_trip_continues_the_same_trajectory():
         got.append((second.value, second.target, active))
         second.update(observe(iteration, iterations, start, end))
     assert got == expected
-
-
-def test_gammapo_targets_average_gamma0_and_favour_confident_pairs():
-    controller = GammaPOMargins(GammaPOConfig(value=0.5, tau=10.0, beta=10.0))
-    gammas = controller.pair_gammas([-0.5, 0.0, 0.3, 1.0])
-    assert np.mean(gammas) == pytest.approx(0.5)
-    assert gammas == sorted(gammas) and gammas[-1] > gammas[0]
-    nearly_uniform = GammaPOMargins(GammaPOConfig(value=0.5, tau=1e6)).pair_gammas([-0.5, 1.0])
-    assert nearly_uniform == pytest.approx([0.5, 0.5], abs=1e-3)

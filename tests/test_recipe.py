@@ -129,3 +129,44 @@ def test_the_recipe_accepts_exactly_the_registries_names():
     assert tags == set(CONTROLLERS) == set(CONFIGS)
     for name in BUILTINS:  # every built-in's short name resolves to a class
         assert isinstance(rewarder_class(name), type)
+
+
+# --- γ-PO needs SimPO and takes its β; RePO's reduction ---------------------------------------
+def test_gammapo_with_a_loss_other_than_simpo_is_refused(tmp_path):
+    for loss in ("repo", "repo++", "dpo"):
+        problems = problems_of(tmp_path, MINIMAL + f"loss: {{name: {loss}}}\n"
+                               "gamma: {controller: gammapo}\n")
+        assert problems == [f"gamma.controller: gammapo is SimPO with per-pair targets, it "
+                            f"needs loss.name: simpo (got {loss})"]
+
+
+def test_gammapo_takes_the_simpo_loss_beta_and_the_run_seed(tmp_path):
+    from selfplay.control import build_controller
+
+    path = tmp_path / "r.yaml"
+    path.write_text(MINIMAL + "loss: {name: simpo, beta: 10}\ngamma: {controller: gammapo}\n"
+                    "loop: {seed: 3}\n")
+    recipe = load(path)
+    controller = build_controller(recipe.gamma, recipe.loop.iterations)
+    assert controller.beta == 10.0 and controller.value == 0.5 and controller.tau == 10.0
+    assert controller.queue != build_controller(load(path, ["loop.seed=4"]).gamma, 1).queue
+    # loss.beta omitted: simpo's default; the binding is not a recipe field.
+    recipe = load(path, ["loss.beta=null"])
+    assert build_controller(recipe.gamma, 1).beta == 2.0
+    assert recipe.to_dict()["gamma"] == {"controller": "gammapo", "value": 0.5, "tau": 10.0}
+    problems = problems_of(tmp_path, MINIMAL + "loss: {name: simpo}\n"
+                           "gamma: {controller: gammapo, beta: 10}\n")
+    assert problems == ["gamma.beta: not a field of the gammapo controller (its fields: value, "
+                        "tau)"]
+
+
+def test_the_active_reduction_is_repo_only(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(MINIMAL)
+    assert load(path).loss.reduction == "all"
+    assert load(path, ["loss.reduction=active"]).loss.reduction == "active"
+    problems = problems_of(tmp_path, MINIMAL + "loss: {name: simpo, reduction: active}\n")
+    assert problems == ["loss.reduction: active applies to loss.name: repo only (got simpo); "
+                        "remove loss.reduction"]
+    assert problems_of(tmp_path, MINIMAL, ["loss.reduction=some"])[0].startswith(
+        "loss.reduction: input should be 'all' or 'active'")

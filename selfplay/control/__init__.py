@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 from selfplay.schema import Section
 
 __all__ = ["CONTROLLERS", "AdaptiveConfig", "AdaptiveGamma", "FixedConfig", "FixedGamma",
-           "GammaController", "GammaPOConfig", "GammaPOMargins", "MarginObservation",
+           "GammaController", "GammaPO", "GammaPOConfig", "MarginObservation",
            "ScheduleConfig", "ScheduledGamma", "build_controller"]
 
 
@@ -287,13 +287,13 @@ class AdaptiveGamma(GammaController):
 
 
 # γ-PO lives in its own module; imported here, after the base classes it builds on exist.
-from selfplay.control.gammapo import GammaPOConfig, GammaPOMargins  # noqa: E402
+from selfplay.control.gammapo import GammaPO, GammaPOConfig  # noqa: E402
 
 CONTROLLERS: dict[str, type[GammaController]] = {
     "fixed": FixedGamma,
     "schedule": ScheduledGamma,
     "adaptive": AdaptiveGamma,
-    "gammapo": GammaPOMargins,
+    "gammapo": GammaPO,
 }
 
 # Each controller's recipe model, under the same names.

@@ -1,49 +1,140 @@
-"""The γ-PO baseline (Sun et al., ACL 2025): per-pair target margins."""
+"""γ-PO (Sun et al., ACL 2025): per-pair target margins for SimPO, ported from the authors' trainer.
+
+The authors' repository (sunjie279/gammaPO, ``scripts/simpo_trainer.py``, loss type
+``gm-simpo``, method ``get_gamma_dq``) computes, for each forward micro-batch of B pairs with
+reward gaps ``g_i = β·M_i`` (M: the length-normalised margin, detached)::
+
+    N = min(len(queue), 256 − B) gaps sampled from a queue of past gaps, then the B current ones
+    p = uniform over the N gaps
+    20 times:  γ = γ0·N·p                                   (γ0 = gamma_beta_ratio · β)
+               grad = τ(1 + log(N(p + 1e-10))) + γ0 / (1 + exp(g − γ))
+               p ∝ p · exp(−min(0.5/τ, 1) · grad)
+    the last B entries of γ (γ of the 20th step, before its update of p) are the batch's targets;
+    the batch's gaps join the queue (2048 newest kept; it starts with 8 standard-normal draws)
+
+and the loss is ``−log σ(g_i − γ_i)``: SimPO with a per-pair γ. Here the controller returns
+``γ_i / β`` (margin units), which the ``simpo`` loss takes as its per-pair γ, so the recipe pairs
+``gamma.controller: gammapo`` with ``loss.name: simpo`` and the loss's β.
+
+Where this port differs, and why: the arithmetic is float64 (the authors' runs in the model's
+dtype); the queue's random draws come from a seeded numpy Generator saved in the checkpoint (the
+authors' from the global ``random`` / ``np.random``), so a resumed run continues exactly; the
+batch is the whole micro-batch over all ranks (the authors' each GPU's own share, with a queue per
+GPU); and a micro-batch of more than 256 pairs samples nothing from the queue (the authors' code
+raises there).
+"""
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections import deque
+from typing import Any, Literal, Mapping, Optional, Sequence
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
-from selfplay.control import FixedConfig, FixedGamma
+from selfplay.control import GammaController, MarginObservation, _finite
 from selfplay.schema import Section
+
+QUEUE_SIZE = 2048  # past reward gaps kept (the authors' reward_gap_queue_size)
+OPT_SIZE = 256  # gaps the targets are optimised over: the batch plus samples from the queue
+INITIAL_ENTRIES = 8  # standard-normal gaps the queue starts with (the authors' randn(8))
+STEPS = 20  # exponentiated-gradient steps
+EPS = 1e-10
 
 
 class GammaPOConfig(Section):
     controller: Literal["gammapo"] = "gammapo"
-    value: float = Field(0.5, ge=0, description="The mean per-pair target γ0.")
-    tau: float = Field(10.0, gt=0, description="KL temperature (larger: closer to uniform "
-                       "targets).")
-    beta: float = Field(10.0, gt=0, description="Logistic scale of the margins.")
+    value: float = Field(0.5, ge=0, description="Mean target margin γ0 in margin units (the "
+                         "authors' gamma_beta_ratio: 0.15–0.5 in their configs). Needs "
+                         "loss.name: simpo, whose loss.beta is γ-PO's β (the authors: 10).")
+    tau: float = Field(10.0, gt=0, description="KL temperature τ (larger: targets closer to "
+                       "uniform; the authors: 3–20, mostly 10).")
+    # Not recipe fields: the recipe binds them from loss.beta and loop.seed (`bind`).
+    _loss_beta: Optional[float] = PrivateAttr(None)
+    _seed: int = PrivateAttr(0)
+
+    def bind(self, loss_beta: float, seed: int) -> None:
+        """Gives the controller the loss's β (γ-PO's gaps are β·M) and the run's seed."""
+        self._loss_beta, self._seed = float(loss_beta), int(seed)
 
 
-class GammaPOMargins(FixedGamma):
-    """The γ-PO baseline (Sun et al., ACL 2025): a per-pair target margin from each batch.
+def gammapo_targets(gaps: np.ndarray, gamma0: float, tau: float) -> np.ndarray:
+    """The authors' loop: per-gap targets γ (reward units) for reward ``gaps``, mean ``gamma0``.
 
-    γ_i = γ0·B·p_i, where p is a distribution over the B pairs of a micro-batch that minimises
-    mean(−log σ(β·M_i − β·γ_i)) + τ·KL(p ‖ uniform), found by 20 steps of exponentiated gradient
-    as in the authors' code: confident pairs (large margin) get larger targets, ambiguous ones
-    smaller, and the mean target stays γ0. Here M_i is the pair's length-normalised margin.
+    As in their code the γ returned is the one computed at the start of the last step, from the
+    ``p`` before that step's update.
+    """
+    size = len(gaps)
+    rate = min(0.5 / tau, 1.0)
+    p = np.full(size, 1.0 / size)
+    for _ in range(STEPS):
+        gammas = gamma0 * size * p
+        kl_grad = tau * (1.0 + np.log(size * (p + EPS)))
+        with np.errstate(over="ignore"):  # exp(large gap) = inf gives the exact limit, 0
+            grad = kl_grad + (gamma0 * size) / (1.0 + np.exp(gaps - gammas)) / size
+        weighted = p * np.exp(-rate * grad)
+        p = weighted / weighted.sum()
+    return gammas
+
+
+class GammaPO(GammaController):
+    """γ-PO's per-pair targets (module docstring): ``pair_gammas`` once per micro-batch.
+
+    ``value`` is the mean target γ0 (margin units), fixed over the run. ``beta`` must be the
+    SimPO loss's β; ``seed`` seeds the queue's initial draws and its sampling.
     """
 
     name = "gammapo"
 
-    def __init__(self, config: GammaPOConfig, iterations: int | None = None,
-                 steps: int = 20) -> None:
-        super().__init__(FixedConfig(value=config.value))  # the mean target γ0, fixed over the run
-        self.gamma0 = self.value
-        self.tau, self.beta, self.steps = config.tau, config.beta, steps
+    def __init__(self, config: GammaPOConfig, iterations: int | None = None, *,
+                 beta: float | None = None, seed: int | None = None) -> None:
+        beta = config._loss_beta if beta is None else beta
+        if beta is None:
+            raise ValueError("gammapo needs the simpo loss's beta: build it from a recipe "
+                             "(loss.beta) or pass beta=")
+        self.beta = _finite("beta", beta)
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        self.gamma0 = _finite("value", config.value)
+        self.tau = config.tau
+        self._rng = np.random.default_rng(config._seed if seed is None else seed)
+        self._queue: deque[float] = deque(self._rng.standard_normal(INITIAL_ENTRIES).tolist(),
+                                          maxlen=QUEUE_SIZE)
+
+    @property
+    def value(self) -> float:
+        return self.gamma0
+
+    @property
+    def queue(self) -> list[float]:
+        """The past reward gaps (β·M), oldest first."""
+        return list(self._queue)
 
     def pair_gammas(self, margins: Sequence[float]) -> list[float]:
         gaps = self.beta * np.asarray(margins, dtype=np.float64)
         size = len(gaps)
-        p = np.full(size, 1.0 / size)
-        rate = min(0.5 / self.tau, 1.0)
-        for _ in range(self.steps):
-            gammas = self.beta * self.gamma0 * size * p
-            grad = (self.tau * (1.0 + np.log(size * p + 1e-12))
-                    + self.beta * self.gamma0 / (1.0 + np.exp(gaps - gammas)))
-            p = p * np.exp(-rate * grad)
-            p /= p.sum()
-        return (self.gamma0 * size * p).tolist()
+        if size == 0:
+            return []
+        sample_num = max(0, min(len(self._queue), OPT_SIZE - size))
+        queue = list(self._queue)
+        picked = self._rng.choice(len(queue), size=sample_num, replace=False)
+        # Sampled past gaps first, the current batch last (its targets are the last B).
+        pool = np.concatenate([np.asarray([queue[i] for i in picked], dtype=np.float64), gaps])
+        gammas = gammapo_targets(pool, self.beta * self.gamma0, self.tau)[-size:]
+        self._queue.extend(gaps.tolist())
+        return (gammas / self.beta).tolist()
+
+    def update(self, observation: MarginObservation) -> None:
+        pass  # the state changes per micro-batch, in pair_gammas
+
+    def describe(self) -> dict[str, Any]:
+        return {"gamma": self.value, "gamma_queue": len(self._queue)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"controller": self.name, "queue": list(self._queue),
+                "rng": self._rng.bit_generator.state}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._check_state(state)
+        queue = [_finite("gammapo state: queue entry", gap) for gap in state["queue"]]
+        self._queue = deque(queue, maxlen=QUEUE_SIZE)
+        self._rng.bit_generator.state = dict(state["rng"])

@@ -40,7 +40,15 @@ class TrainerRank:
         self.trainer = Trainer(model_dir, config, **options)
 
     def train(self, pairs, gamma, iteration: int):
-        return self.trainer.train(pairs, gamma, iteration, progress=False)
+        """TrainStats, and from rank 0 the state of the γ controller whose bound method `gamma`
+        is (None otherwise): the method arrived pickled, so what the controller changed while
+        training (γ-PO's queue of margins) is on this copy and must go back to the driver."""
+        stats = self.trainer.train(pairs, gamma, iteration, progress=False)
+        owner = getattr(gamma, "__self__", None)
+        if self.trainer.rank != 0 or not all(
+                callable(getattr(owner, name, None)) for name in ("state_dict", "load_state_dict")):
+            return stats, None
+        return stats, owner.state_dict()
 
     def margins(self, pairs) -> list[float]:
         return self.trainer.margins(pairs)

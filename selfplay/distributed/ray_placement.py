@@ -258,7 +258,11 @@ class RayTrainerGroup:
                         "trainer rank")
 
     def train(self, pairs, gamma, iteration: int, progress: bool = False):
-        stats = self._all("train", pairs, gamma, iteration)[0]  # every rank returns the same
+        # Every rank returns the same stats; rank 0 also the state of the controller behind
+        # `gamma`, which the ranks updated on their copies (TrainerRank.train): it is loaded here.
+        stats, controller_state = self._all("train", pairs, gamma, iteration)[0]
+        if controller_state is not None:
+            gamma.__self__.load_state_dict(controller_state)
         self._refresh_lr()
         return stats
 
