@@ -34,6 +34,7 @@ BUILTINS: dict[str, str] = {
     "ifeval": "rewarders.ifeval:IFEvalRewarder",
     "judge": "rewarders.judge:JudgeRewarder",
     "length_penalty": "rewarders.length:LengthPenaltyRewarder",
+    "letter_groups": "rewarders.letters:LetterGroupsRewarder",
     "letters": "rewarders.letters:LettersRewarder",
     "reward_model": "rewarders.reward_model:RewardModelRewarder",
 }

@@ -18,3 +18,29 @@ class LettersRewarder:
             hits = sum(c in allowed for c in characters)
             scores.append(hits / len(characters) if characters else 0.0)
         return scores
+
+
+class LetterGroupsRewarder:
+    """The "letter groups" toy task (recipes/groups.yaml): answer in the prompt's letter group.
+
+    The reward is ``2·s − 1``, where ``s`` is the share of the completion's characters (spaces
+    ignored) that belong to the row's `group`; an empty completion scores −1. The prompts show
+    letters of one of three equal groups, balanced over the set, so any policy that ignores the
+    prompt scores at most 2·(1/3) − 1 = −1/3 on average: a rising reward means the model reads
+    its prompt, not that it learned which characters are common.
+    """
+
+    def __init__(self, field: str = "group"):
+        self.field = field
+
+    def score(self, prompts, completions, metadata):
+        scores = []
+        for completion, row in zip(completions, metadata):
+            group = set(row[self.field])
+            characters = [c for c in completion if not c.isspace()]
+            if not characters:
+                scores.append(-1.0)
+                continue
+            share = sum(c in group for c in characters) / len(characters)
+            scores.append(2.0 * share - 1.0)
+        return scores

@@ -104,7 +104,7 @@ def test_run_with_a_bad_prompt_file_is_one_line_naming_it(tmp_path, case):
     ("no_such_package.rewards:Scorer",
      "cannot import 'no_such_package.rewards:Scorer': no module named 'no_such_package'"),
     ("rewarders.letters:NoSuchClass", "cannot import 'rewarders.letters:NoSuchClass': module "
-     "'rewarders.letters' has no 'NoSuchClass' (its classes: LettersRewarder)"),
+     "'rewarders.letters' has no 'NoSuchClass' (its classes: LetterGroupsRewarder, LettersRewarder)"),
 ])
 def test_run_with_a_rewarder_that_does_not_exist_is_one_line(tmp_path, name, message):
     result = run_cli("run", TINY_RECIPE, "-o", tmp_path / "run", "rollout.engine=hf",

@@ -121,3 +121,22 @@ def test_prompt_lengths_that_fit_pass_and_the_first_that_does_not_is_named():
     assert message.startswith("p.jsonl: row 2 is 113 tokens;")
     assert "(2 rows do not fit)" in message
     assert "raise rollout.max_model_len to at least 129" in message
+
+
+def test_letter_group_splits_are_disjoint_and_balanced():
+    import importlib.util
+    from collections import Counter
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "recipes" / "data" / "make_letter_groups.py"
+    spec = importlib.util.spec_from_file_location("make_letter_groups", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    splits = module.make_splits()
+    prompts = {name: {r["prompt"] for r in rows} for name, rows in splits.items()}
+    assert not prompts["train"] & prompts["tune"] and not prompts["train"] & prompts["heldout"]
+    assert not prompts["tune"] & prompts["heldout"]
+    for name, rows in splits.items():
+        assert len(set(Counter(r["group"] for r in rows).values())) == 1, name  # balanced
+        shipped = (path.parent / f"groups-{name}.jsonl").read_text().splitlines()
+        assert [json.loads(line) for line in shipped] == rows, name  # the files are reproducible

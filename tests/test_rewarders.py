@@ -3,13 +3,34 @@ import math
 import pytest
 
 from rewarders.base import RewardError, load_rewarder, score_checked
-from rewarders.letters import LettersRewarder
+from rewarders.letters import LetterGroupsRewarder, LettersRewarder
 
 
 def test_letters_scores_share_of_allowed_characters():
     rewarder = LettersRewarder()
     scores = rewarder.score(["p"] * 4, ["abab", "a z", "", "xyz"], [{"letters": "ab"}] * 4)
     assert scores == [1.0, 0.5, 0.0, 0.0]
+
+
+def test_letter_groups_scores_twice_the_in_group_share_minus_one():
+    rewarder = LetterGroupsRewarder()
+    rows = [{"group": "abcdefgh"}] * 4
+    assert rewarder.score(["p"] * 4, ["abc", "a b", "aq", ""], rows) == [1.0, 1.0, 0.0, -1.0]
+    assert rewarder.score(["p"], ["qqqq"], rows[:1]) == [-1.0]
+
+
+def test_letter_groups_prompt_blind_policies_score_at_most_minus_a_third():
+    # The task's point: ignoring the prompt cannot score above −1/3 on the balanced splits.
+    import json
+    import string
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "recipes" / "data" / "groups-heldout.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rewarder = LetterGroupsRewarder()
+    for completion in [*string.ascii_lowercase, "aiq", "abcdefghijklmnopqrstuvwx"]:
+        scores = rewarder.score([r["prompt"] for r in rows], [completion] * len(rows), rows)
+        assert sum(scores) / len(scores) <= -1 / 3 + 1e-9, completion
 
 
 def test_load_by_short_name_and_dotted_path():
@@ -26,7 +47,7 @@ def test_unknown_and_unimportable_names_are_clear():
         load_rewarder("no_such_pkg.mod:Cls")
     with pytest.raises(RewardError, match=r"cannot import 'rewarders.letters:Nope': module "
                                           r"'rewarders.letters' has no 'Nope' \(its classes: "
-                                          r"LettersRewarder\); fix the name after the colon"):
+                                          r"LetterGroupsRewarder, LettersRewarder\); fix the name after the colon"):
         load_rewarder("rewarders.letters:Nope")
     with pytest.raises(RewardError, match="constructor failed"):
         load_rewarder("letters", {"bogus": 1})
