@@ -110,8 +110,8 @@ def test_gamma_defaults_to_fixed_and_each_controller_keeps_only_its_fields(tmp_p
 
 def test_switching_controller_on_the_command_line_starts_from_its_defaults():
     # tiny.yaml says `gamma: {controller: fixed, value: 0.5}`; `value` is not adaptive's field.
-    recipe = load(TINY_RECIPE, ["gamma.band=0.1", "gamma.controller=adaptive"])
-    assert recipe.gamma.controller == "adaptive" and recipe.gamma.band == 0.1
+    recipe = load(TINY_RECIPE, ["gamma.band_z=1.0", "gamma.controller=adaptive"])
+    assert recipe.gamma.controller == "adaptive" and recipe.gamma.band_z == 1.0
     assert load(TINY_RECIPE, ["gamma.controller=fixed", "gamma.value=0.2"]).gamma.value == 0.2
 
 

@@ -47,10 +47,14 @@ class AdaptiveConfig(Section):
                                 "the first update (many pairs learn early).")
     target_end: float = Field(0.7, gt=0, lt=1, description="That share at the last iteration "
                               "(only the hard pairs late: the paper's curriculum).")
-    band: float = Field(0.05, ge=0, lt=1, description="γ stays while the active share is within "
-                        "this distance of its target.")
-    smoothing: float = Field(0.4, gt=0, le=1, description="Weight of the new estimate in γ's "
-                             "moving average.")
+    window: int = Field(4, ge=1, description="Iterations whose margins are pooled into one "
+                        "estimate (more: steadier γ, slower to follow).")
+    band_z: float = Field(1.5, ge=0, description="γ stays while the pooled active share is "
+                          "within this many standard errors of its target.")
+    drift_z: float = Field(2.0, ge=0, description="The margins' trend is used only when it is "
+                           "this many standard errors from zero.")
+    smoothing: float = Field(0.5, gt=0, le=1, description="Share of the way γ moves toward a "
+                             "new estimate.")
     gamma_min: float = Field(0.05, ge=0, description="Lower bound of γ.")
     gamma_max: float = Field(2.0, gt=0, description="Upper bound of γ.")
 
@@ -208,15 +212,22 @@ class ScheduledGamma(GammaController):
 
 
 class AdaptiveGamma(GammaController):
-    """Sets γ from the observed margins to hold the share of pairs still active at the end of each
-    update near a target that falls over the run (docs/adaptive-gamma.md).
+    """Sets γ from the observed margins so that the share of pairs still active at the end of
+    each update stays near a target that falls over the run (docs/adaptive-gamma.md).
 
-    After iteration t: if the end-of-update active fraction is more than ``band`` away from its
-    target, γ moves toward ``quantile(margins_end, target_{t+1}) + drift`` (the cutoff that
-    would have hit next iteration's target on the margins just seen, shifted by the trend of
-    fresh margins), by an exponential moving average with weight ``smoothing``, never below
-    the median fresh margin plus drift (so at least half of the new pairs get a gradient) and
-    within ``[gamma_min, gamma_max]``.
+    One iteration brings only a handful of pairs, so no decision rests on one iteration: the
+    end margins of the last ``window`` iterations are pooled (each pair counts once, so an
+    iteration weighs by its pair count). After iteration t:
+
+    1. Trend: the slope of the per-iteration median fresh margin over the window, by weighted
+       least squares. It is used only when it is ``drift_z`` standard errors from zero (the
+       error from each median's sampling noise); otherwise it is 0. Each pooled margin is
+       carried forward by slope × its age, to where the next batch is expected.
+    2. Dead zone: if the pooled share below the current γ is within ``band_z`` standard errors
+       (√(a(1−a)/N) for target a and N pooled pairs) of the target, γ stays.
+    3. Otherwise γ moves ``smoothing`` of the way to the pooled quantile at next iteration's
+       target, but not below the pooled median fresh margin (half the new pairs get a
+       gradient), and stays within ``[gamma_min, gamma_max]``.
     """
 
     name = "adaptive"
@@ -224,13 +235,14 @@ class AdaptiveGamma(GammaController):
     def __init__(self, config: AdaptiveConfig, iterations: int) -> None:
         self.targets = ScheduledGamma(
             ScheduleConfig(start=config.target_start, end=config.target_end), iterations)
-        self.band, self.smoothing = config.band, config.smoothing
+        self.window, self.band_z, self.drift_z = config.window, config.band_z, config.drift_z
+        self.smoothing = config.smoothing
         self.gamma_min, self.gamma_max = config.gamma_min, config.gamma_max
         self._gamma = _finite("initial", config.initial)
         self._iteration = 1
-        self._last_proposal: float | None = None
-        self._last_median: float | None = None  # median fresh margin of the last iteration
-        self._drift = 0.0  # smoothed change of that median per iteration
+        # Per recent iteration: its number, fresh (start) margins and end margins.
+        self._history: list[dict[str, Any]] = []
+        self._last: dict[str, Any] = {}  # what the last update saw and decided, for the log
 
     @property
     def value(self) -> float:
@@ -245,45 +257,66 @@ class AdaptiveGamma(GammaController):
         finished = observation.iteration
         target_now = self.targets.gamma_at(finished)
         self._iteration = finished + 1
-        margins_end, margins_start = list(observation.margins_end), list(observation.margins_start)
-        self._last_proposal = None
-        if not margins_end:
+        self._last = {}
+        if not observation.margins_end:
             return  # nothing was trained: nothing to learn from
-        # The share of this iteration's pairs still below the γ they trained with.
-        active_end = sum(m < self._gamma for m in margins_end) / len(margins_end)
-        median = float(np.median(margins_start)) if margins_start else None
-        if median is not None and self._last_median is not None:
-            # Fresh pairs arrive with margins that shift as the policy learns; the next batch is
-            # expected to sit where this one did plus that trend.
-            self._drift = ((1.0 - self.smoothing) * self._drift
-                           + self.smoothing * (median - self._last_median))
-        self._last_median = median if median is not None else self._last_median
-        if abs(active_end - target_now) <= self.band:
-            return  # in the band: γ stays, the noise is not chased
-        proposal = float(np.quantile(margins_end, self.target)) + self._drift
-        if median is not None:
-            proposal = max(proposal, median + self._drift)
-        self._last_proposal = proposal
-        # The current γ is carried along the same trend, so a steady drift causes no lag.
-        moved = (1.0 - self.smoothing) * (self._gamma + self._drift) + self.smoothing * proposal
+        self._history.append({"iteration": finished,
+                              "start": [float(m) for m in observation.margins_start],
+                              "end": [float(m) for m in observation.margins_end]})
+        self._history = self._history[-self.window:]
+        slope = self._trend(finished)
+        # Every pooled margin carried forward to the iteration about to run.
+        ends = np.concatenate([np.asarray(h["end"]) + slope * (finished + 1 - h["iteration"])
+                               for h in self._history])
+        starts = np.concatenate([np.asarray(h["start"]) + slope * (finished + 1 - h["iteration"])
+                                 for h in self._history if h["start"]] or [np.empty(0)])
+        active = float(np.mean(ends < self._gamma))
+        stderr = math.sqrt(target_now * (1.0 - target_now) / len(ends))
+        self._last = {"pooled_pairs": len(ends), "active_end_pooled": active, "drift": slope}
+        if abs(active - target_now) <= self.band_z * stderr:
+            return  # within what sampling noise explains: γ stays
+        proposal = float(np.quantile(ends, self.target))
+        if len(starts):
+            proposal = max(proposal, float(np.median(starts)))
+        self._last["proposal"] = proposal
+        moved = self._gamma + self.smoothing * (proposal - self._gamma)
         self._gamma = min(self.gamma_max, max(self.gamma_min, moved))
+
+    def _trend(self, now: int) -> float:
+        """Per-iteration slope of the median fresh margin, or 0 when noise explains it."""
+        points = [(h["iteration"], np.median(h["start"]), len(h["start"]), np.asarray(h["start"]))
+                  for h in self._history if len(h["start"]) >= 2]
+        if len(points) < 3:
+            return 0.0
+        x = np.array([p[0] for p in points], dtype=float)
+        y = np.array([p[1] for p in points], dtype=float)
+        n = np.array([p[2] for p in points], dtype=float)
+        # A median of n draws has variance ≈ (π/2)·σ²/n; σ from the spread within iterations.
+        sigma2 = float(np.mean([np.var(p[3], ddof=1) for p in points]))
+        weights = n / (math.pi / 2.0 * max(sigma2, 1e-12))
+        x_mean = np.sum(weights * x) / np.sum(weights)
+        spread = np.sum(weights * (x - x_mean) ** 2)
+        slope = float(np.sum(weights * (x - x_mean) * y) / spread)
+        stderr = math.sqrt(1.0 / spread)
+        return slope if abs(slope) > self.drift_z * stderr else 0.0
 
     def describe(self) -> dict[str, Any]:
         return {"gamma": self.value, "gamma_target_active_end": self.target,
-                "gamma_proposal": self._last_proposal}
+                "gamma_proposal": self._last.get("proposal"),
+                "gamma_drift": self._last.get("drift"),
+                "gamma_pooled_pairs": self._last.get("pooled_pairs"),
+                "gamma_active_end_pooled": self._last.get("active_end_pooled")}
 
     def state_dict(self) -> dict[str, Any]:
         return {"controller": self.name, "gamma": self._gamma, "iteration": self._iteration,
-                "last_proposal": self._last_proposal, "last_median": self._last_median,
-                "drift": self._drift}
+                "history": self._history, "last": self._last}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._check_state(state)
         self._gamma = _finite("gamma", state["gamma"])
         self._iteration = int(state["iteration"])
-        self._last_proposal = state.get("last_proposal")
-        self._last_median = state.get("last_median")
-        self._drift = float(state.get("drift", 0.0))
+        self._history = [dict(h) for h in state.get("history", [])]
+        self._last = dict(state.get("last", {}))
 
 
 # γ-PO lives in its own module; imported here, after the base classes it builds on exist.
