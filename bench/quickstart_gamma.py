@@ -3,11 +3,12 @@
 For every seed, trains `recipes/quickstart.yaml` twice (the adaptive cutoff as shipped, and
 `gamma.controller=fixed gamma.value=0.5`), then scores the base model and both trained models on
 the held-out prompts in one `selfplay eval` (greedy, same prompts), and writes the paired
-differences, per seed and pooled over seeds, to bench/results/quickstart/gamma.json.
+result of each seed to bench/results/quickstart/gamma-seed<n>.json (the protocol is
+docs/gamma-study.md; bench/gamma_tables.py turns the files into tables, seeds as the unit).
 Runs and evaluations already present in --runs-dir are reused, so an interrupted study resumes.
-About 30 minutes per seed on 2 CPU cores.
+About 20 minutes per seed on 2 CPU cores.
 
-  python bench/quickstart_gamma.py --seeds 0 1 --runs-dir runs/quickstart-gamma
+  python bench/quickstart_gamma.py --seeds 11 12 13 --runs-dir runs/quickstart-gamma
 """
 from __future__ import annotations
 
@@ -53,47 +54,44 @@ def scores(model: dict) -> ModelScore:
     return ModelScore(model["model"], model["prompt_scores"], model["prompt_all"])
 
 
-def summarise(reports: dict[int, dict]) -> dict:
-    per_seed, pooled = {}, {arm: [] for arm in ["base", *ARMS]}
-    for seed, report in reports.items():
-        models = dict(zip(["base", *ARMS], map(scores, report["models"])))
-        per_seed[seed] = {
-            "mean": {name: interval(m.prompt_scores)[0] for name, m in models.items()},
+def median_abs_step(run_dir: Path) -> float:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    gammas = [r["gamma"] for r in records]
+    return statistics.median(abs(b - a) for a, b in zip(gammas, gammas[1:]))
+
+
+def seed_result(seed: int, report: dict, runs: Path) -> dict:
+    models = dict(zip(["base", *ARMS], map(scores, report["models"])))
+    return {"seed": seed, "mean": {name: interval(m.prompt_scores)[0] for name, m in models.items()},
             "vs_base": {arm: paired(models["base"], models[arm]) for arm in ARMS},
-            "adaptive_vs_fixed": paired(models["fixed-0.5"], models["adaptive"])}
-        for name, m in models.items():
-            pooled[name].append(m)
-    # Pooled: each prompt's score averaged over seeds (the same prompts in every seed).
-    mean_over_seeds = {name: ModelScore(name, [statistics.fmean(v) for v in zip(
-        *(m.prompt_scores for m in ms))], [statistics.fmean(v) for v in zip(
-            *(m.prompt_all for m in ms))]) for name, ms in pooled.items()}
-    return {"per_seed": per_seed, "pooled": {
-        "vs_base": {arm: paired(mean_over_seeds["base"], mean_over_seeds[arm]) for arm in ARMS},
-        "adaptive_vs_fixed": paired(mean_over_seeds["fixed-0.5"], mean_over_seeds["adaptive"])}}
+            "adaptive_vs_fixed_prompts": paired(models["fixed-0.5"], models["adaptive"]),
+            "adaptive_gamma": [json.loads(line)["gamma"] for line in
+                               (runs / f"seed{seed}-adaptive" / "metrics.jsonl").read_text()
+                               .splitlines()],
+            "adaptive_median_abs_dgamma": median_abs_step(runs / f"seed{seed}-adaptive")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[11, 12, 13])
     parser.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "quickstart-gamma")
-    parser.add_argument("--out", type=Path,
-                        default=REPO / "bench" / "results" / "quickstart" / "gamma.json")
+    parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results" / "quickstart")
     args = parser.parse_args()
     args.runs_dir.mkdir(parents=True, exist_ok=True)
-    reports = {seed: run_seed(seed, args.runs_dir) for seed in args.seeds}
-    result = {"date": time.strftime("%Y-%m-%d"), "versions": versions(),
-              "recipe": str(RECIPE.relative_to(REPO)), "arms": ARMS, "eval": EVAL_ARGS[2:],
-              **summarise(reports)}
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    for seed, row in result["per_seed"].items():
-        d = row["adaptive_vs_fixed"]
-        print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in row["mean"].items())
-              + f" | adaptive − fixed {d['reward_diff']:+.3f} ± {d['reward_diff_ci95']:.3f}")
-    d = result["pooled"]["adaptive_vs_fixed"]
-    print(f"pooled: adaptive − fixed {d['reward_diff']:+.3f} ± {d['reward_diff_ci95']:.3f} "
-          f"(t {d['t']:.2f})")
-    print(f"wrote {args.out}")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=REPO).stdout.strip()
+    for seed in args.seeds:
+        result = {**seed_result(seed, run_seed(seed, args.runs_dir), args.runs_dir),
+                  "date": time.strftime("%Y-%m-%d"), "commit": commit, "versions": versions(),
+                  "recipe": str(RECIPE.relative_to(REPO)), "arms": ARMS, "eval": EVAL_ARGS[2:]}
+        path = args.out_dir / f"gamma-seed{seed}.json"
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        m = result["mean"]
+        print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items())
+              + f" | adaptive − fixed {m['adaptive'] - m['fixed-0.5']:+.3f}"
+              + f" | median |Δγ| {result['adaptive_median_abs_dgamma']:.3f} | wrote {path}",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,179 @@
+"""Recomputes docs/gamma-study-results.md from the per-seed JSON of the γ study.
+
+Reads bench/results/gamma_study/{tune,test}/<setting>/seed-<n>.json (bench/gamma_study.py) and
+bench/results/quickstart/gamma-seed<n>.json (bench/quickstart_gamma.py) and applies the analysis
+fixed in docs/gamma-study.md: seeds as the unit, paired differences adaptive − arm, two-sided t
+intervals and p-values, Holm correction over the toy task's four comparisons.
+
+  python bench/gamma_tables.py
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STUDY = REPO / "bench" / "results" / "gamma_study"
+QUICKSTART = REPO / "bench" / "results" / "quickstart"
+OUT = REPO / "docs" / "gamma-study-results.md"
+
+
+def t_cdf(t: float, df: int) -> float:
+    """Student t CDF via the regularised incomplete beta function (continued fraction)."""
+    x = df / (df + t * t)
+    tail = 0.5 * _betainc(df / 2.0, 0.5, x)
+    return 1.0 - tail if t > 0 else tail
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                     + a * math.log(x) + b * math.log(1.0 - x))
+    if x > (a + 1.0) / (a + b + 2.0):
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    # Lentz's continued fraction.
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    f = d
+    for m in range(1, 300):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            f *= c * d
+    return front * f / a
+
+
+def t_quantile(p: float, df: int) -> float:
+    lo, hi = 0.0, 1000.0
+    for _ in range(200):  # bisection: t_cdf is monotone
+        mid = (lo + hi) / 2.0
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+    return (lo + hi) / 2.0
+
+
+def paired(differences: list[float]) -> dict:
+    n = len(differences)
+    mean = statistics.fmean(differences)
+    sd = statistics.stdev(differences) if n > 1 else float("nan")
+    se = sd / math.sqrt(n)
+    t = mean / se if se > 0 else float("inf") * (1 if mean > 0 else -1)
+    p = 2.0 * (1.0 - t_cdf(abs(t), n - 1)) if math.isfinite(t) else 0.0
+    half = t_quantile(0.975, n - 1) * se
+    return {"n": n, "mean": mean, "ci95": [mean - half, mean + half], "t": t, "p": p}
+
+
+def holm(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm-adjusted p-values (step-down, monotone)."""
+    ordered = sorted(p_values, key=p_values.get)
+    adjusted, running = {}, 0.0
+    for rank, key in enumerate(ordered):
+        running = max(running, min(1.0, (len(ordered) - rank) * p_values[key]))
+        adjusted[key] = running
+    return adjusted
+
+
+def verdict(result: dict, p: float) -> str:
+    if p < 0.05:
+        return "better" if result["mean"] > 0 else "worse"
+    return "no difference detected"
+
+
+def load(split: str) -> dict[str, dict[int, dict]]:
+    runs: dict[str, dict[int, dict]] = {}
+    for path in sorted((STUDY / split).glob("*/seed-*.json")):
+        row = json.loads(path.read_text())
+        runs.setdefault(row["setting"], {})[row["seed"]] = row
+    return runs
+
+
+def fmt(x: float) -> str:
+    return f"{x:+.3f}"
+
+
+def toy_section() -> list[str]:
+    lines = ["## Toy task: letter groups", ""]
+    tune = load("tune")
+    if tune:
+        lines += ["### Tuning split (seeds 100, 101; tune prompts)", "",
+                  "| setting | mean final reward | per seed |", "|---|---|---|"]
+        for setting, by_seed in sorted(tune.items(), key=lambda kv: -statistics.fmean(
+                r["final_heldout_reward"] for r in kv[1].values())):
+            scores = [by_seed[s]["final_heldout_reward"] for s in sorted(by_seed)]
+            lines.append(f"| {setting} | {fmt(statistics.fmean(scores))} | "
+                         + ", ".join(fmt(s) for s in scores) + " |")
+        lines.append("")
+    test = load("test")
+    if "adaptive" not in test:
+        return lines + ["Test split: not run yet.", ""]
+    tuned = json.loads((STUDY / "tuned.json").read_text())
+    seeds = sorted(test["adaptive"])
+    lines += [f"### Test split (seeds {seeds[0]}–{seeds[-1]}; held-out prompts)", "",
+              "Tuned settings: " + ", ".join(f"{f} → `{s}`" for f, s in tuned.items()), "",
+              "| arm | mean final held-out reward | sd over seeds |", "|---|---|---|"]
+    for setting in ["adaptive", *tuned.values()]:
+        scores = [test[setting][s]["final_heldout_reward"] for s in seeds if s in test[setting]]
+        lines.append(f"| {setting} | {fmt(statistics.fmean(scores))} | "
+                     f"{statistics.stdev(scores):.3f} |")
+    results, p_values = {}, {}
+    for family, setting in tuned.items():
+        common = [s for s in seeds if s in test.get(setting, {})]
+        results[family] = paired([test["adaptive"][s]["final_heldout_reward"]
+                                  - test[setting][s]["final_heldout_reward"] for s in common])
+        p_values[family] = results[family]["p"]
+    adjusted = holm(p_values)
+    lines += ["", "Paired by seed, adaptive − arm (95% t interval; Holm over the four):", "",
+              "| vs | seeds | difference | 95% CI | p | Holm p | verdict |",
+              "|---|---|---|---|---|---|---|"]
+    for family, r in results.items():
+        lines.append(f"| {tuned[family]} | {r['n']} | {fmt(r['mean'])} | "
+                     f"[{fmt(r['ci95'][0])}, {fmt(r['ci95'][1])}] | {r['p']:.3f} | "
+                     f"{adjusted[family]:.3f} | {verdict(r, adjusted[family])} |")
+    steps = [abs(b - a) for s in seeds for a, b in zip(test["adaptive"][s]["gamma"],
+                                                        test["adaptive"][s]["gamma"][1:])]
+    lines += ["", f"Adaptive γ, median |Δγ| per iteration over the test runs: "
+              f"{statistics.median(steps):.3f}.", ""]
+    return lines
+
+
+def quickstart_section() -> list[str]:
+    rows = [json.loads(p.read_text()) for p in sorted(QUICKSTART.glob("gamma-seed*.json"))]
+    lines = ["## Quickstart (SmolLM2-135M-Instruct)", ""]
+    if not rows:
+        return lines + ["Not run yet.", ""]
+    lines += ["| seed | base | adaptive | fixed-0.5 | adaptive − fixed | adaptive median |Δγ| |",
+              "|---|---|---|---|---|---|"]
+    for row in rows:
+        m = row["mean"]
+        lines.append(f"| {row['seed']} | {m['base']:.3f} | {m['adaptive']:.3f} | "
+                     f"{m['fixed-0.5']:.3f} | {fmt(m['adaptive'] - m['fixed-0.5'])} | "
+                     f"{row['adaptive_median_abs_dgamma']:.3f} |")
+    if len(rows) > 1:
+        r = paired([row["mean"]["adaptive"] - row["mean"]["fixed-0.5"] for row in rows])
+        lines += ["", f"Seeds as the unit: adaptive − fixed-0.5 = {fmt(r['mean'])}, 95% CI "
+                  f"[{fmt(r['ci95'][0])}, {fmt(r['ci95'][1])}], p = {r['p']:.3f} "
+                  f"({verdict(r, r['p'])}; {r['n']} seeds)."]
+        gains = paired([row["mean"]["adaptive"] - row["mean"]["base"] for row in rows])
+        lines += [f"Adaptive − base model: {fmt(gains['mean'])}, 95% CI "
+                  f"[{fmt(gains['ci95'][0])}, {fmt(gains['ci95'][1])}]."]
+    return lines + [""]
+
+
+def main() -> None:
+    lines = ["# γ study: results", "",
+             "Generated by `python bench/gamma_tables.py` from the per-seed JSON under "
+             "`bench/results/`; the protocol is `docs/gamma-study.md`. Do not edit by hand.", "",
+             *toy_section(), *quickstart_section()]
+    OUT.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
