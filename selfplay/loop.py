@@ -126,6 +126,7 @@ class Loop:
                 self.rewarder.bind_policy(self.engine)
         self.trainer = self.placement.trainer(
             model_dir, recipe.train, loss_name=recipe.loss.name, beta=recipe.loss.beta,
+            reduction=recipe.loss.reduction,
             seed=recipe.loop.seed, iterations=recipe.loop.iterations,
             pairs_per_iteration=data.prompts_per_iteration, pad_id=pad_token_id(self.tokenizer))
         self.iteration = 0
