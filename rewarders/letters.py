@@ -1,6 +1,11 @@
 """`letters`: the programmatic reward of the tiny "echo letters" task (recipes/tiny.yaml)."""
 
 
+def _characters(completion: str) -> list[str]:
+    """The completion's characters with spaces left out: "a b a" and "aba" score the same."""
+    return [c for c in completion if not c.isspace()]
+
+
 class LettersRewarder:
     """Share of a completion's characters that are among the row's `letters`; 0 when empty.
 
@@ -14,7 +19,7 @@ class LettersRewarder:
         scores = []
         for completion, row in zip(completions, metadata):
             allowed = set(row[self.field])
-            characters = [c for c in completion if not c.isspace()]
+            characters = _characters(completion)
             hits = sum(c in allowed for c in characters)
             scores.append(hits / len(characters) if characters else 0.0)
         return scores
@@ -37,7 +42,7 @@ class LetterGroupsRewarder:
         scores = []
         for completion, row in zip(completions, metadata):
             group = set(row[self.field])
-            characters = [c for c in completion if not c.isspace()]
+            characters = _characters(completion)
             if not characters:
                 scores.append(-1.0)
                 continue
