@@ -80,6 +80,15 @@ def holm(p_values: dict[str, float]) -> dict[str, float]:
     return adjusted
 
 
+def steps(gammas: list[float]) -> list[float]:
+    """|Δγ| from each iteration to the next."""
+    return [abs(b - a) for a, b in zip(gammas, gammas[1:])]
+
+
+def median_step(gammas: list[float]) -> float:
+    return statistics.median(steps(gammas))
+
+
 def verdict(result: dict, p: float) -> str:
     if p < 0.05:
         return "better" if result["mean"] > 0 else "worse"
@@ -136,10 +145,9 @@ def toy_section() -> list[str]:
         lines.append(f"| {tuned[family]} | {r['n']} | {fmt(r['mean'])} | "
                      f"[{fmt(r['ci95'][0])}, {fmt(r['ci95'][1])}] | {r['p']:.3f} | "
                      f"{adjusted[family]:.3f} | {verdict(r, adjusted[family])} |")
-    steps = [abs(b - a) for s in seeds for a, b in zip(test["adaptive"][s]["gamma"],
-                                                        test["adaptive"][s]["gamma"][1:])]
+    pooled = [step for s in seeds for step in steps(test["adaptive"][s]["gamma"])]
     lines += ["", f"Adaptive γ, median |Δγ| per iteration over the test runs: "
-              f"{statistics.median(steps):.3f}.", ""]
+              f"{statistics.median(pooled):.3f}.", ""]
     return lines
 
 

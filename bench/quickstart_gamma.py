@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.gamma_tables import median_step  # noqa: E402
 from bench.train_step import versions  # noqa: E402
 from selfplay.evaluate import ModelScore, interval, paired  # noqa: E402
 
@@ -54,21 +54,14 @@ def scores(model: dict) -> ModelScore:
     return ModelScore(model["model"], model["prompt_scores"], model["prompt_all"])
 
 
-def median_abs_step(run_dir: Path) -> float:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    gammas = [r["gamma"] for r in records]
-    return statistics.median(abs(b - a) for a, b in zip(gammas, gammas[1:]))
-
-
 def seed_result(seed: int, report: dict, runs: Path) -> dict:
     models = dict(zip(["base", *ARMS], map(scores, report["models"])))
+    metrics = (runs / f"seed{seed}-adaptive" / "metrics.jsonl").read_text().splitlines()
+    gammas = [json.loads(line)["gamma"] for line in metrics]
     return {"seed": seed, "mean": {name: interval(m.prompt_scores)[0] for name, m in models.items()},
             "vs_base": {arm: paired(models["base"], models[arm]) for arm in ARMS},
             "adaptive_vs_fixed_prompts": paired(models["fixed-0.5"], models["adaptive"]),
-            "adaptive_gamma": [json.loads(line)["gamma"] for line in
-                               (runs / f"seed{seed}-adaptive" / "metrics.jsonl").read_text()
-                               .splitlines()],
-            "adaptive_median_abs_dgamma": median_abs_step(runs / f"seed{seed}-adaptive")}
+            "adaptive_gamma": gammas, "adaptive_median_abs_dgamma": median_step(gammas)}
 
 
 def main() -> None:

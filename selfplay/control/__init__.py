@@ -266,10 +266,12 @@ class AdaptiveGamma(GammaController):
         self._history = self._history[-self.window:]
         slope = self._trend(finished)
         # Every pooled margin carried forward to the iteration about to run.
-        ends = np.concatenate([np.asarray(h["end"]) + slope * (finished + 1 - h["iteration"])
-                               for h in self._history])
-        starts = np.concatenate([np.asarray(h["start"]) + slope * (finished + 1 - h["iteration"])
-                                 for h in self._history if h["start"]] or [np.empty(0)])
+        def carried(key: str) -> np.ndarray:
+            return np.concatenate([np.asarray(h[key], dtype=float)
+                                   + slope * (finished + 1 - h["iteration"])
+                                   for h in self._history] or [np.empty(0)])
+
+        ends, starts = carried("end"), carried("start")
         active = float(np.mean(ends < self._gamma))
         stderr = math.sqrt(target_now * (1.0 - target_now) / len(ends))
         self._last = {"pooled_pairs": len(ends), "active_end_pooled": active, "drift": slope}
