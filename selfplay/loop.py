@@ -200,14 +200,22 @@ class Loop:
             **rewarder_metrics(self.rewarder, recipe.reward.name),
         }
 
+    @property
+    def _measure_end_margins(self) -> bool:
+        """Whether to score the pairs again after the update: a no-grad pass costing about a
+        fifth of the update, so only when the controller reads it or the recipe asks."""
+        return (self.controller.reads_end_margins
+                or self.recipe.logging.end_margins == "always")
+
     def _train(self, iteration: int, pairs: list[Pair]) -> UpdateSummary:
-        """One update on the pairs; the margins before and after it feed the γ controller."""
+        """One update on the pairs; the margins before (and, when needed, after) it feed the γ
+        controller."""
         started = time.perf_counter()
         if not pairs:
             return UpdateSummary(lr=self.trainer.lr)
         stats = self.trainer.train(pairs, self.controller.pair_gammas, iteration,
                                    progress=self.progress)
-        margins_end = self.trainer.margins(pairs)
+        margins_end = self.trainer.margins(pairs) if self._measure_end_margins else []
         return UpdateSummary(margins=stats.margins, margins_end=margins_end, gammas=stats.gammas,
                              loss=stats.loss, tokens=stats.tokens, steps=stats.steps,
                              lr=self.trainer.lr, seconds=time.perf_counter() - started)

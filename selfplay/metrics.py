@@ -69,7 +69,9 @@ def iteration_record(iteration: int, gamma_fields: dict, collected: dict, pair_s
         "iteration": iteration,
         **gamma_fields,
         "active_fraction": active,
-        "active_fraction_end": active_fraction(update.margins_end, update.gammas),
+        # None when the end-of-update pass did not run (logging.end_margins).
+        "active_fraction_end": (active_fraction(update.margins_end, update.gammas)
+                                if update.margins_end else None),
         "filtered_fraction": None if active is None else 1 - active,
         "margin_p10": _quantile(update.margins, 0.1),
         "margin_p50": _quantile(update.margins, 0.5),

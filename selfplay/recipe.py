@@ -191,6 +191,10 @@ class EvalConfig(Section):
 class LoggingConfig(Section):
     save_rollouts: bool = Field(True, description="Write rollouts/iter-NNNN.jsonl.")
     progress: bool = Field(True, description="Progress bars on generation and training.")
+    end_margins: Literal["auto", "always"] = Field(
+        "auto", description="Score every pair again after the update (active_fraction_end, "
+        "margin_end_p50): a no-grad pass of about a fifth of an update. auto: only when the γ "
+        "controller reads it (adaptive); always: for every controller.")
     tensorboard: bool = Field(False, description="Also log every numeric metric to "
                               "RUN_DIR/tensorboard (step = iteration).")
     wandb: bool = Field(False, description="Also log every numeric metric to Weights & Biases "

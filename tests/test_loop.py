@@ -1,4 +1,5 @@
 """The loop hands every recipe field to the part that uses it (no model is trained here)."""
+import pytest
 from conftest import TINY_RECIPE
 
 from selfplay import loop as loop_module
@@ -34,3 +35,44 @@ def test_the_trainer_receives_the_losss_reduction_beta_and_name(tmp_path, monkey
         pass
     assert captured["reduction"] == "active"
     assert captured["loss_name"] == "repo" and captured["beta"] is None
+
+
+class _ScoringTrainer:
+    """Trains nothing; counts the end-of-update scoring passes the loop asks for."""
+    lr = 1e-3
+
+    def __init__(self):
+        self.end_passes = 0
+
+    def train(self, pairs, gamma, iteration, progress=False):
+        from selfplay.train.trainer import TrainStats
+        return TrainStats(loss=0.1, margins=[0.2] * len(pairs), gammas=[0.5] * len(pairs),
+                          steps=1, tokens=10)
+
+    def margins(self, pairs):
+        self.end_passes += 1
+        return [0.3] * len(pairs)
+
+
+@pytest.mark.parametrize("overrides, scored", [
+    (["gamma.controller=fixed"], False),
+    (["gamma.controller=schedule"], False),
+    (["gamma.controller=adaptive"], True),  # the one controller that reads it
+    (["gamma.controller=fixed", "logging.end_margins=always"], True),
+])
+def test_the_end_of_update_pass_runs_only_when_something_reads_it(overrides, scored):
+    from selfplay.control import build_controller
+    from selfplay.metrics import iteration_record
+    from selfplay.pairs import PairStats
+
+    recipe = load(TINY_RECIPE, overrides)
+    loop = object.__new__(loop_module.Loop)  # only what _train touches
+    loop.recipe, loop.progress, loop.trainer = recipe, False, _ScoringTrainer()
+    loop.controller = build_controller(recipe.gamma, recipe.loop.iterations)
+    update = loop._train(1, ["pair"] * 4)
+    assert loop.trainer.end_passes == int(scored)
+    assert update.margins_end == ([0.3] * 4 if scored else [])
+    stats = PairStats(n_prompts=4, n_pairs=4, n_dropped=0)
+    record = iteration_record(1, {}, {}, stats, update, 0.0, {})
+    assert record["active_fraction_end"] == (1.0 if scored else None)  # 0.3 < γ 0.5
+    assert record["margin_end_p50"] == (0.3 if scored else None)

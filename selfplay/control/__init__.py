@@ -89,6 +89,8 @@ class GammaController(ABC):
     """Interface every γ controller implements."""
 
     name: ClassVar[str]  # the key in CONTROLLERS, also stored in the state
+    # Whether update() reads `margins_end`: the loop skips that extra scoring pass otherwise.
+    reads_end_margins: ClassVar[bool] = False
 
     @property
     @abstractmethod
@@ -231,6 +233,7 @@ class AdaptiveGamma(GammaController):
     """
 
     name = "adaptive"
+    reads_end_margins = True
 
     def __init__(self, config: AdaptiveConfig, iterations: int) -> None:
         self.targets = ScheduledGamma(
