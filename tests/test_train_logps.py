@@ -96,3 +96,37 @@ def test_a_model_with_unknown_logit_post_processing_is_refused():
     model = TemperedLlama(llama().config)
     with pytest.raises(UnsupportedModelError, match="TemperedLlama post-processes its logits"):
         CompletionLogps(model)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_plain_head_shortcut_matches_autograd_through_the_head(dtype):
+    from selfplay.train.logps import _PlainHeadTokenLogps, _chunk_token_logps
+    torch.manual_seed(0)
+    hidden = torch.randn(7, 16, dtype=dtype, requires_grad=True)
+    head = torch.nn.Linear(16, 50, bias=False).to(dtype)
+    targets = torch.randint(0, 50, (7,))
+    upstream = torch.randn(7)  # not all ones: the gradient's scale per position must carry
+    ours = _PlainHeadTokenLogps.apply(hidden, head.weight, targets)
+    (ours * upstream).sum().backward()
+    grads = hidden.grad.clone(), head.weight.grad.clone()
+    hidden.grad, head.weight.grad = None, None
+    reference = _chunk_token_logps(hidden, targets, head, None)
+    (reference * upstream).sum().backward()
+    tolerance = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2,
+                                                                                rtol=2e-2)
+    torch.testing.assert_close(ours, reference, **tolerance)
+    torch.testing.assert_close(grads[0], hidden.grad, **tolerance)
+    torch.testing.assert_close(grads[1], head.weight.grad, **tolerance)
+
+
+def test_a_tied_head_gets_both_gradients_through_the_shortcut():
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**SMALL, tie_word_embeddings=True)).eval()
+    batch, prompts, completions = batch_of_two()
+    CompletionLogps(model, chunk_tokens=3)(**batch).sum().backward()
+    ours = model.get_input_embeddings().weight.grad.clone()
+    model.zero_grad()
+    model_forward_logps(model, batch, prompts, completions).sum().backward()
+    torch.testing.assert_close(ours, model.get_input_embeddings().weight.grad, atol=1e-5,
+                               rtol=1e-4)

@@ -2,7 +2,8 @@
 
 A plain implementation materialises fp32 log-softmax over the whole vocabulary for every token
 (12.8 GB for SmolLM2-135M on 8 pairs x 300 tokens). Here the LM head runs only on completion
-positions, in chunks, and each chunk's logits are recomputed in backward instead of kept.
+positions, in chunks, and each chunk's logits are recomputed in backward instead of kept (for
+a plain linear head by a hand-written backward that works on them in place).
 
 Skipping the model's own forward also skips what it does to the head's output: `LogitTransform`
 re-applies the post-processing of the models we know (Gemma's soft-capping, Cohere's and
@@ -79,6 +80,41 @@ def _chunk_token_logps(hidden: torch.Tensor, targets: torch.Tensor, lm_head: tor
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
 
+class _PlainHeadTokenLogps(torch.autograd.Function):
+    """log p(target) of one chunk of positions under a plain linear LM head (no bias, no logit
+    post-processing): the same values and gradients as `_chunk_token_logps` under a checkpoint,
+    with less work. Forward keeps only the log-partition; backward recomputes the logits once
+    and turns them into the gradient in place (softmax, scale, one-hot), where autograd's
+    recompute would redo the whole log-sum-exp and allocate a softmax and a one-hot of the
+    chunk's logits' size besides."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets):
+        logits = (hidden @ weight.t()).float()
+        log_partition = logits.logsumexp(-1)
+        ctx.save_for_backward(hidden, weight, targets, log_partition)
+        return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_partition
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, targets, log_partition = ctx.saved_tensors
+        # d out / d logits = one_hot(target) − softmax(logits), times the incoming gradient.
+        grad = (hidden @ weight.t()).float()
+        grad.sub_(log_partition.unsqueeze(-1)).exp_().mul_(-grad_out.unsqueeze(-1))
+        grad.scatter_add_(-1, targets.unsqueeze(-1), grad_out.unsqueeze(-1))
+        grad = grad.to(hidden.dtype)
+        grad_hidden = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = grad.t() @ hidden if ctx.needs_input_grad[1] else None
+        return grad_hidden, grad_weight, None
+
+
+def _is_plain_head(lm_head: torch.nn.Module) -> bool:
+    """A bias-free nn.Linear whose weight is a whole tensor (ZeRO-3 shards parameters and gathers
+    them in module hooks, which reading `.weight` directly would bypass)."""
+    return (type(lm_head) is torch.nn.Linear and lm_head.bias is None
+            and not hasattr(lm_head.weight, "ds_id"))
+
+
 class CompletionLogps(torch.nn.Module):
     """Wraps a causal LM; forward returns each sequence's log-prob of its completion tokens: the
     mean per token (`length_normalised`, the default) or the sum.
@@ -133,10 +169,14 @@ class CompletionLogps(torch.nn.Module):
         selected = hidden[:, :-1][target_mask]
         targets = input_ids[:, 1:][target_mask]
         lm_head = self.model.get_output_embeddings()
+        plain = self.transform is None and _is_plain_head(lm_head)
         pieces = []
         for start in range(0, selected.shape[0], self.chunk_tokens):
             end = start + self.chunk_tokens
-            if torch.is_grad_enabled():
+            if plain and torch.is_grad_enabled():
+                pieces.append(_PlainHeadTokenLogps.apply(selected[start:end], lm_head.weight,
+                                                         targets[start:end]))
+            elif torch.is_grad_enabled():
                 pieces.append(checkpoint(_chunk_token_logps, selected[start:end], targets[start:end],
                                          lm_head, self.transform, use_reentrant=False))
             else:
