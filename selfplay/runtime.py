@@ -66,6 +66,37 @@ def choose_accelerator() -> str:
     return chosen
 
 
+def cpu_bf16_flags() -> list[str]:
+    """The CPU features that make bf16 matmuls fast (AVX512-BF16, AMX) that this CPU has; empty
+    without them (AVX2 alone runs bf16 matmuls ~100x slower than fp32) or off Linux."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo
+                          if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return sorted({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def rollout_dtype(requested: str) -> tuple[str, str]:
+    """The rollout engine's dtype for `model.dtype` and why. "auto" is bfloat16 where the
+    hardware runs it fast (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else float32:
+    sampling in bf16 is ~1.8x faster on such a CPU and is what TRL does; training keeps its
+    own precision (`train.precision`)."""
+    if requested != "auto":
+        return requested, "set in the recipe"
+    import torch
+
+    if torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return "bfloat16", "auto: the GPU supports bf16"
+        return "float32", "auto: the GPU lacks bf16"
+    flags = cpu_bf16_flags()
+    if flags:
+        return "bfloat16", f"auto: the CPU has {', '.join(flags)}"
+    return "float32", "auto: the CPU has neither AVX512-BF16 nor AMX"
+
+
 def is_verbose() -> bool:
     """Whether dependencies may talk: `--verbose` or SELFPLAY_LOG=debug (inherited by workers)."""
     return os.environ.get("SELFPLAY_LOG", "").lower() == "debug"

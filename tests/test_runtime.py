@@ -102,3 +102,31 @@ def test_dependency_prints_are_swallowed_unless_verbose(isolated_logging, capsys
     with runtime.quiet_stdout():
         print("DeepSpeed op built successfully")
     assert ("built successfully" in capsys.readouterr().out) == verbose
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["avx512_bf16"], "bfloat16"),
+    (["amx_bf16", "avx512_bf16"], "bfloat16"),
+    ([], "float32"),  # AVX2 alone: bf16 matmuls are far slower than fp32
+])
+def test_auto_rollout_dtype_is_bf16_only_where_the_cpu_runs_it_fast(monkeypatch, flags, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_bf16_flags", lambda: flags)
+    dtype, reason = runtime.rollout_dtype("auto")
+    assert dtype == expected
+    assert reason.startswith("auto: ") and all(flag in reason for flag in flags)
+
+
+@pytest.mark.parametrize("requested", ["float32", "bfloat16"])
+def test_an_explicit_rollout_dtype_is_kept(monkeypatch, requested):
+    monkeypatch.setattr(runtime, "cpu_bf16_flags", lambda: [])
+    assert runtime.rollout_dtype(requested) == (requested, "set in the recipe")
+
+
+def test_cpu_bf16_flags_reads_proc_cpuinfo(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(
+        cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
+    assert runtime.cpu_bf16_flags() == ["avx512_bf16"]

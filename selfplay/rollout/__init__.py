@@ -9,7 +9,11 @@ from selfplay.rollout.base import RolloutEngine
 
 def build_engine(kind: str, model_dir: str, *, dtype: str, seed: int, max_model_len: int,
                  kv_cache_gb: float) -> RolloutEngine:
-    """An engine of `kind` ("vllm" or "hf") serving the model in `model_dir`."""
+    """An engine of `kind` ("vllm" or "hf") serving the model in `model_dir`; `dtype` "auto" is
+    decided here, on the machine the engine runs on."""
+    from selfplay.runtime import rollout_dtype
+
+    dtype, _ = rollout_dtype(dtype)
     if kind == "vllm":
         from selfplay.rollout.vllm_engine import VLLMEngine
         return VLLMEngine(model_dir, dtype=dtype, seed=seed, max_model_len=max_model_len,
