@@ -6,6 +6,8 @@ quickstart's model, from the local cache: nothing downloads), the same 8 pairs o
 micro-batch 8 (TRL's batch), no gradient checkpointing, in fp32 and, where the CPU has
 AVX512-BF16 or AMX, bf16 (TRL: autocast; selfplay: `train.precision: bf16`). Each trainer runs in
 its own process so its peak RSS is its own; the first step is a warm-up and is not timed.
+selfplay runs twice: at TRL's micro-batch of 8, and at micro-batch 2 with 4 accumulation steps
+(`selfplay-mb2`: the same optimizer step of 8 pairs, less memory).
 
 TRL is a benchmark-only dependency, never imported by `selfplay/`. It is installed beside the
 project's environment, without touching it:
@@ -34,6 +36,9 @@ TRL_PATH = Path(os.environ.get("SELFPLAY_TRL_PATH", Path.home() / ".cache/selfpl
 MODEL = "builtin:smollm2-135m-instruct"
 PAIRS, PROMPT_TOKENS, COMPLETION_TOKENS = 8, 60, 240  # ~300 tokens a sequence, as PLATFORM.md
 BETA, GAMMA, LR = 2.0, 0.5, 1e-6
+# selfplay at TRL's micro-batch (all 8 pairs in one forward), and at 2 pairs per forward
+# accumulated to the same optimizer step of 8: the same update in less memory.
+TOOLS = {"selfplay": PAIRS, "selfplay-mb2": 2}
 
 
 def cpu_has_bf16() -> bool:
@@ -104,7 +109,8 @@ def run_trl(model_dir: str, data: Path, precision: str, steps: int, workdir: Pat
     return {"step_s": step_times[1:], "torch_threads": torch.get_num_threads()}
 
 
-def run_selfplay(model_dir: str, data: Path, precision: str, steps: int, workdir: Path) -> dict:
+def run_selfplay(model_dir: str, data: Path, precision: str, steps: int, workdir: Path,
+                 micro_batch: int = PAIRS) -> dict:
     run_dir = workdir / "selfplay"
     command = [sys.executable, "-m", "selfplay.cli", "run", str(REPO / "recipes/quickstart.yaml"),
                "-o", str(run_dir), "--no-progress", "mode=offline", f"data.prompts={data}",
@@ -112,7 +118,7 @@ def run_selfplay(model_dir: str, data: Path, precision: str, steps: int, workdir
                "eval.prompts=null", f"loop.iterations={steps + 1}",
                f"loop.checkpoint_every={steps + 1}", "loss.name=simpo", f"loss.beta={BETA}",
                "gamma.controller=fixed", f"gamma.value={GAMMA}", f"train.lr={LR}",
-               f"train.micro_batch_size={PAIRS}", "train.grad_accum=1",
+               f"train.micro_batch_size={micro_batch}", f"train.grad_accum={PAIRS // micro_batch}",
                "train.epochs_per_iteration=1", f"train.precision={precision}",
                "logging.save_rollouts=false"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
@@ -127,10 +133,14 @@ def worker(args) -> None:
     from selfplay.models import resolve_model_path
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = resolve_model_path(MODEL, Path(tmp), seed=0)
-        run = run_trl if args.tool == "trl" else run_selfplay
-        result = run(str(model_dir), Path(args.data), args.precision, args.steps, Path(tmp))
+        if args.tool == "trl":
+            result = run_trl(str(model_dir), Path(args.data), args.precision, args.steps,
+                             Path(tmp))
+        else:
+            result = run_selfplay(str(model_dir), Path(args.data), args.precision, args.steps,
+                                  Path(tmp), micro_batch=TOOLS[args.tool])
     # The selfplay run is a child process; TRL runs in this one.
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN if args.tool == "selfplay"
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN if args.tool != "trl"
                                else resource.RUSAGE_SELF)
     result["peak_rss_gb"] = usage.ru_maxrss / 1024**2
     Path(args.out).write_text(json.dumps(result))
@@ -144,7 +154,7 @@ def measure(tool: str, precision: str, data: Path, steps: int, tokens: int) -> d
         result = json.loads(Path(out.name).read_text())
     step = statistics.median(result["step_s"])
     result.update(median_step_s=step, tokens_per_step=tokens, tokens_per_s=tokens / step)
-    print(f"{tool:8s} {precision}: {step:6.1f} s/step, {tokens / step:6.0f} tok/s, "
+    print(f"{tool:12s} {precision}: {step:6.1f} s/step, {tokens / step:6.0f} tok/s, "
           f"peak RSS {result['peak_rss_gb']:.1f} GB", flush=True)
     return result
 
@@ -156,7 +166,7 @@ def main() -> None:
                         choices=["fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up)")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/peers.json")
-    parser.add_argument("--worker", choices=["trl", "selfplay"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["trl", *TOOLS], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -180,12 +190,16 @@ def main() -> None:
                 print("bf16: skipped, this CPU has neither AVX512-BF16 nor AMX")
                 offline["bf16"] = {"skipped": "no AVX512-BF16 or AMX"}
                 continue
-            offline[precision] = {tool: measure(tool, precision, data, args.steps, tokens)
-                                  for tool in ("trl", "selfplay")}
-            ratio = (offline[precision]["selfplay"]["tokens_per_s"]
-                     / offline[precision]["trl"]["tokens_per_s"])
-            offline[precision]["selfplay_vs_trl_tokens_per_s"] = ratio
-            print(f"{precision}: selfplay / TRL tokens/s = {ratio:.2f}×")
+            rows = {tool: measure(tool, precision, data, args.steps, tokens)
+                    for tool in ("trl", *TOOLS)}
+            for tool in TOOLS:
+                speed = rows[tool]["tokens_per_s"] / rows["trl"]["tokens_per_s"]
+                memory = rows[tool]["peak_rss_gb"] / rows["trl"]["peak_rss_gb"]
+                rows[f"{tool}_vs_trl_tokens_per_s"] = speed
+                rows[f"{tool}_vs_trl_peak_rss"] = memory
+                print(f"{precision}: {tool} / TRL tokens/s = {speed:.2f}×, peak RSS "
+                      f"{rows[tool]['peak_rss_gb']:.1f} GB ({memory:.2f}×)")
+            offline[precision] = rows
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                             cwd=REPO).stdout.strip()
     result = {"date": time.strftime("%Y-%m-%d"), "commit": commit, "versions": versions(),

@@ -13,7 +13,9 @@ over the 16 prompts' pairs:
   `collective_rpc("reload_weights")` plus the tied LM head's repack (PLATFORM.md). Should vLLM
   colocate fail anyway, TRL is measured with its HF `generate` path and the JSON says so.
 - selfplay: `selfplay run recipes/quickstart.yaml` with `loss.name=repo`, a fixed γ of 0.5,
-  rollout.n 2, micro-batch 16 (one optimizer step), the reward as the plug-in
+  rollout.n 2, its default rollout dtype (`model.dtype: auto`: bf16 where the CPU has it, as
+  TRL's vLLM does), one optimizer step over the 16 pairs, twice: micro-batch 16 (TRL's) and
+  micro-batch 4 (accumulated: the same step in less memory), the reward as the plug-in
   `bench.peers_online:WordCountReward`, no evaluation, one checkpoint (at the end; its time is
   left out).
 Both engines run in-process with the same vLLM CPU environment (1 GiB KV cache, both cores).
@@ -44,9 +46,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.peers import MODEL, TRL_PATH  # noqa: E402  (after the path is set)
+from selfplay.runtime import rollout_dtype  # noqa: E402
 
 PROMPTS, SAMPLES, MAX_NEW_TOKENS, TEMPERATURE, LR = 16, 2, 128, 1.0, 1e-6
 TARGET_WORDS, GAMMA, KV_CACHE_GB = 30, 0.5, 1.0
+LEAN_MICRO_BATCH = 4
 
 
 def word_count_reward(text: str) -> float:
@@ -236,17 +240,21 @@ def measure_trl(model_dir: Path, prompts: Path, steps: int, workdir: Path,
     return result
 
 
-def measure_selfplay(prompts: Path, steps: int, workdir: Path) -> dict:
-    run_dir, log = workdir / "selfplay", workdir / "selfplay.log"
+def measure_selfplay(prompts: Path, steps: int, workdir: Path, micro_batch: int,
+                     name: str = "selfplay") -> dict:
+    """One selfplay run; `micro_batch` pairs per forward pass, accumulated to one optimizer
+    step over all of a step's pairs (TRL's batch) whatever the micro-batch."""
+    run_dir, log = workdir / name, workdir / f"{name}.log"
     command = [sys.executable, "-m", "selfplay.cli", "run", str(REPO / "recipes/quickstart.yaml"),
                "-o", str(run_dir), "--no-progress", "mode=online", f"data.prompts={prompts}",
                f"data.prompts_per_iteration={PROMPTS}", "data.shuffle=false",
                "data.chat_template=true", "rollout.engine=vllm", f"rollout.n={SAMPLES}",
                f"rollout.max_new_tokens={MAX_NEW_TOKENS}", f"rollout.temperature={TEMPERATURE}",
-               "rollout.top_p=1.0", f"rollout.kv_cache_gb={KV_CACHE_GB}", "model.dtype=float32",
+               "rollout.top_p=1.0", f"rollout.kv_cache_gb={KV_CACHE_GB}", "model.dtype=auto",
                "reward.name=bench.peers_online:WordCountReward", "pairs.min_reward_gap=0.0",
                "loss.name=repo", "gamma.controller=fixed", f"gamma.value={GAMMA}",
-               f"train.lr={LR}", f"train.micro_batch_size={PROMPTS}", "train.grad_accum=1",
+               f"train.lr={LR}", f"train.micro_batch_size={micro_batch}",
+               f"train.grad_accum={PROMPTS // micro_batch}",
                "train.epochs_per_iteration=1", "train.precision=fp32", "train.warmup_ratio=0.0",
                "train.lr_schedule=constant", "train.gradient_checkpointing=false",
                "eval.prompts=null", f"loop.iterations={steps + 1}",
@@ -261,7 +269,8 @@ def measure_selfplay(prompts: Path, steps: int, workdir: Path) -> dict:
                    "n_pairs": r["n_pairs"],
                    "completion_tokens": r["completion_tokens_mean"] * PROMPTS * SAMPLES}
                   for r in records[1:]]
-    return {"steps": steps_done, "peak_rss_gb": peak,
+    return {"steps": steps_done, "peak_rss_gb": peak, "micro_batch_size": micro_batch,
+            "grad_accum": PROMPTS // micro_batch,
             **summarize(steps_done, ("generate_s", "sync_s", "reward_s", "train_s", "n_pairs",
                                      "completion_tokens"))}
 
@@ -287,11 +296,18 @@ def measure_online(steps: int) -> dict:
             trl = measure_trl(model_dir, prompts, steps, workdir, "hf")
             trl["vllm_colocate_error"] = str(error)[-1500:]
         report("trl", trl)
-        selfplay = measure_selfplay(prompts, steps, workdir)
+        # TRL's micro-batch (all 16 pairs in one forward), then selfplay's memory-lean one:
+        # the same optimizer step, accumulated over micro-batches of 4.
+        selfplay = measure_selfplay(prompts, steps, workdir, micro_batch=PROMPTS)
         report("selfplay", selfplay)
+        lean = measure_selfplay(prompts, steps, workdir, micro_batch=LEAN_MICRO_BATCH,
+                                name="selfplay-lean")
+        report("lean", lean)
     ratio = selfplay["prompts_per_s"] / trl["prompts_per_s"]
-    print(f"selfplay / TRL prompts/s = {ratio:.2f}×, peak RSS selfplay / TRL = "
-          f"{selfplay['peak_rss_gb'] / trl['peak_rss_gb']:.2f}×")
+    for name, result in (("selfplay", selfplay), (f"selfplay micro-batch {LEAN_MICRO_BATCH}",
+                                                   lean)):
+        print(f"{name} / TRL: prompts/s {result['prompts_per_s'] / trl['prompts_per_s']:.2f}×, "
+              f"peak RSS {result['peak_rss_gb'] / trl['peak_rss_gb']:.2f}×")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                             cwd=REPO).stdout.strip()
     return {
@@ -317,21 +333,24 @@ def measure_online(steps: int) -> dict:
                     "step_time": "TrainerCallback on_step_begin → on_step_end",
                     "train_s": "step − generate − sync − reward (policy + reference forward, "
                                "backward, optimizer)"},
-            "selfplay": {"loss": f"repo, fixed gamma {GAMMA}", "micro_batch_size": PROMPTS,
-                         "grad_accum": 1, "rollout_dtype": "float32",
+            "selfplay": {"loss": f"repo, fixed gamma {GAMMA}",
+                         "micro_batch_size": f"{PROMPTS} (selfplay_result), "
+                                             f"{LEAN_MICRO_BATCH} (selfplay_lean_result)",
+                         "optimizer_batch": PROMPTS,
+                         "rollout_dtype": "model.dtype auto → {} ({})".format(
+                             *rollout_dtype("auto")),
                          "pairs": "best vs worst of the 2 samples; ties dropped",
                          "step_time": "metrics.jsonl time_total_s − time_checkpoint_s"},
             "differences": [
-                "rollout dtype: TRL leaves vLLM's dtype at 'auto', which serves this float32 "
-                "checkpoint in bfloat16 (trl_result.vllm_dtype); selfplay's quickstart "
-                "generates in float32 (model.dtype)",
                 "TRL caps vLLM at max_num_seqs = batch size (16 of the 32 sequences at once)",
                 "TRL pads every completion to max_new_tokens for its forward passes and runs a "
                 "reference forward; RePO needs none",
             ]},
-        "trl_result": trl, "selfplay_result": selfplay,
+        "trl_result": trl, "selfplay_result": selfplay, "selfplay_lean_result": lean,
         "selfplay_vs_trl_prompts_per_s": ratio,
         "selfplay_vs_trl_peak_rss": selfplay["peak_rss_gb"] / trl["peak_rss_gb"],
+        "selfplay_lean_vs_trl_prompts_per_s": lean["prompts_per_s"] / trl["prompts_per_s"],
+        "selfplay_lean_vs_trl_peak_rss": lean["peak_rss_gb"] / trl["peak_rss_gb"],
     }
 
 
