@@ -67,7 +67,8 @@ class RolloutConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_model_len: int = Field(1024, gt=0, description="Prompt + completion token limit of the "
                                "engine; longer prompts are an error.")
-    kv_cache_gb: float = Field(1.0, gt=0, description="vLLM CPU KV-cache size in GiB.")
+    kv_cache_gb: float = Field(1.0, gt=0, description="vLLM CPU KV-cache size in GiB "
+                               "(fractions too; VLLM_CPU_KVCACHE_SPACE, if set, wins).")
 
 
 class RewardConfig(Section):

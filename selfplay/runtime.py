@@ -42,12 +42,15 @@ def configure_environment() -> None:
         os.environ.setdefault(key, value)
 
 
-def vllm_cpu_environment(kv_cache_gb: float) -> None:
-    """vLLM in this process (the trainer shares it), a KV cache of `kv_cache_gb`, all cores."""
+def vllm_cpu_environment(kv_cache_gb: float | None = None) -> None:
+    """vLLM in this process (the trainer shares it), on all cores. selfplay's engine passes the
+    KV cache's size as an argument (fractions of a GiB too); a caller that builds its own `LLM`
+    may size it here instead, in whole GiB (VLLM_CPU_KVCACHE_SPACE: when set, it wins)."""
     cores = os.cpu_count() or 1
     defaults = {
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-        "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(kv_cache_gb))),
+        **({"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(kv_cache_gb)))}
+           if kv_cache_gb is not None else {}),
         "VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}",
         "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
         "HF_HUB_OFFLINE": "1",

@@ -34,7 +34,7 @@ def _repack_cpu_lm_head(model: torch.nn.Module) -> None:
 class VLLMEngine(RolloutEngine):
     def __init__(self, model_dir: str, *, dtype: str, seed: int, max_model_len: int,
                  kv_cache_gb: float = 1.0):
-        vllm_cpu_environment(kv_cache_gb)
+        vllm_cpu_environment()
         from vllm import LLM
 
         # Starting the engine re-seeds the global RNGs and disables torch.set_num_threads for
@@ -43,7 +43,8 @@ class VLLMEngine(RolloutEngine):
         set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
         self.llm = LLM(model=model_dir, dtype=dtype, seed=seed, max_model_len=max_model_len,
                        enforce_eager=True, distributed_executor_backend="uni",
-                       enable_prefix_caching=False, use_tqdm_on_load=is_verbose())
+                       enable_prefix_caching=False, use_tqdm_on_load=is_verbose(),
+                       kv_cache_memory_bytes=int(kv_cache_gb * 2**30))
         torch.set_num_threads = set_num_threads
         torch.set_num_threads(threads)
         random.setstate(saved_rng[0])
