@@ -1,6 +1,6 @@
 """selfplay beside the peer a user would otherwise pick (TRL 1.16), same machine, same run.
 
-Offline step (this file, today): TRL's `CPOTrainer(loss_type="simpo", cpo_alpha=0)` against
+Offline step: TRL's `CPOTrainer(loss_type="simpo", cpo_alpha=0)` against
 `selfplay run` in `mode: offline` with `loss.name: simpo`, on SmolLM2-135M-Instruct (the
 quickstart's model, from the local cache: nothing downloads), the same 8 pairs of ~300 tokens,
 micro-batch 8 (TRL's batch), no gradient checkpointing, in fp32 and, where the CPU has
@@ -8,13 +8,16 @@ AVX512-BF16 or AMX, bf16 (TRL: autocast; selfplay: `train.precision: bf16`). Eac
 its own process so its peak RSS is its own; the first step is a warm-up and is not timed.
 selfplay runs twice: at TRL's micro-batch of 8, and at micro-batch 2 with 4 accumulation steps
 (`selfplay-mb2`: the same optimizer step of 8 pairs, less memory).
+Online iteration: `bench/peers_online.py` (TRL's `OnlineDPOTrainer` with vLLM colocate), run from
+here too and stored under `online_iteration`.
 
 TRL is a benchmark-only dependency, never imported by `selfplay/`. It is installed beside the
 project's environment, without touching it:
     pip install --no-deps --target ~/.cache/selfplay/trl trl==1.16.0
 
-  python bench/peers.py                    # fp32 and bf16 (if the CPU has it), 3 timed steps
-  python bench/peers.py --precision fp32 --steps 5
+  python bench/peers.py                    # both parts: offline fp32 and bf16 (if the CPU has
+                                           # it), and online (bench/peers_online.py); 3 steps
+  python bench/peers.py --parts offline --precision fp32 --steps 5
 Writes bench/results/peers.json (machine, CPU flags, versions, commit) and prints ratios.
 """
 from __future__ import annotations
@@ -165,6 +168,10 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"],
                         choices=["fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up)")
+    parser.add_argument("--parts", nargs="+", default=["offline", "online"],
+                        choices=["offline", "online"],
+                        help="offline: the SimPO step (~20 min); online: the iteration beside "
+                        "OnlineDPOTrainer (bench/peers_online.py, ~25 min)")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/peers.json")
     parser.add_argument("--worker", choices=["trl", *TOOLS], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -185,7 +192,7 @@ def main() -> None:
         data = Path(tmp) / "pairs.jsonl"
         tokens = make_pairs(tokenizer, data)
         offline = {}
-        for precision in args.precision:
+        for precision in (args.precision if "offline" in args.parts else []):
             if precision == "bf16" and not cpu_has_bf16():
                 print("bf16: skipped, this CPU has neither AVX512-BF16 nor AMX")
                 offline["bf16"] = {"skipped": "no AVX512-BF16 or AMX"}
@@ -203,9 +210,13 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                             cwd=REPO).stdout.strip()
     result = {"date": time.strftime("%Y-%m-%d"), "commit": commit, "versions": versions(),
-              "trl": "1.16.0", "model": MODEL,
-              "offline_step": {"pairs": PAIRS, "micro_batch": PAIRS, "beta": BETA,
-                               "gamma": GAMMA, **offline}}
+              "trl": "1.16.0", "model": MODEL}
+    if offline:
+        result["offline_step"] = {"pairs": PAIRS, "micro_batches": TOOLS, "beta": BETA,
+                                  "gamma": GAMMA, **offline}
+    if "online" in args.parts:
+        from bench.peers_online import measure_online
+        result["online_iteration"] = measure_online(args.steps)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")
 
