@@ -116,7 +116,10 @@ def tied_sync_logprobs(kind: str, model_dir: str, dtype: str = "float32") -> dic
     before = engine.sequence_logprobs(prompt_ids, completion_ids)
     engine.update_weights(reference.named_parameters())  # tied: no lm_head.weight among them
     after = engine.sequence_logprobs(prompt_ids, completion_ids)
-    return {"before": before, "after": after, "expected": expected}
+    kv_cache_bytes = (engine.llm.llm_engine.vllm_config.cache_config.kv_cache_memory_bytes
+                      if kind == "vllm" else None)
+    return {"before": before, "after": after, "expected": expected,
+            "kv_cache_bytes": kv_cache_bytes}
 
 
 # bf16 weights and activations: log-probs off fp32's by up to 4e-3 here (measured); a stale
@@ -146,3 +149,5 @@ def test_after_sync_a_tied_output_layer_uses_the_new_embedding(kind, dtype, tied
     assert result["after"] == pytest.approx(result["expected"], abs=tolerance)
     assert max(abs(b - e) for b, e in zip(result["before"], result["expected"])) > (
         100 * LOGPROB_TOLERANCE)
+    if kind == "vllm":  # a fraction of a GiB reaches vLLM (its env var takes whole GiB only)
+        assert result["kv_cache_bytes"] == 2**28
