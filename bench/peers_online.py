@@ -15,7 +15,7 @@ over the 16 prompts' pairs:
 - selfplay: `selfplay run recipes/quickstart.yaml` with `loss.name=repo`, a fixed γ of 0.5,
   rollout.n 2, its default rollout dtype (`model.dtype: auto`: bf16 where the CPU has it, as
   TRL's vLLM does), one optimizer step over the 16 pairs, twice: micro-batch 16 (TRL's) and
-  micro-batch 4 (accumulated: the same step in less memory), the reward as the plug-in
+  micro-batch 2 (accumulated: the same step in less memory), the reward as the plug-in
   `bench.peers_online:WordCountReward`, no evaluation, one checkpoint (at the end; its time is
   left out).
 Both engines run in-process with the same vLLM CPU environment (1 GiB KV cache, both cores).
@@ -50,7 +50,7 @@ from selfplay.runtime import rollout_dtype  # noqa: E402
 
 PROMPTS, SAMPLES, MAX_NEW_TOKENS, TEMPERATURE, LR = 16, 2, 128, 1.0, 1e-6
 TARGET_WORDS, GAMMA, KV_CACHE_GB = 30, 0.5, 1.0
-LEAN_MICRO_BATCH = 4
+LEAN_MICRO_BATCH = 2
 
 
 def word_count_reward(text: str) -> float:
@@ -297,7 +297,7 @@ def measure_online(steps: int) -> dict:
             trl["vllm_colocate_error"] = str(error)[-1500:]
         report("trl", trl)
         # TRL's micro-batch (all 16 pairs in one forward), then selfplay's memory-lean one:
-        # the same optimizer step, accumulated over micro-batches of 4.
+        # the same optimizer step, accumulated over micro-batches of 2 (as bench/peers.py).
         selfplay = measure_selfplay(prompts, steps, workdir, micro_batch=PROMPTS)
         report("selfplay", selfplay)
         lean = measure_selfplay(prompts, steps, workdir, micro_batch=LEAN_MICRO_BATCH,
