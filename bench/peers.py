@@ -44,12 +44,6 @@ BETA, GAMMA, LR = 2.0, 0.5, 1e-6
 TOOLS = {"selfplay": PAIRS, "selfplay-mb2": 2}
 
 
-def cpu_has_bf16() -> bool:
-    from bench.train_step import versions
-    flags = versions().get("cpu_flags", [])
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def make_pairs(tokenizer, path: Path) -> int:
     """8 pairs of plain text (no chat template, so both tools see the same tokens): a
     quickstart prompt and two completions cut from other prompts' text to fixed lengths."""
@@ -186,6 +180,7 @@ def main() -> None:
 
     from bench.train_step import versions
     from selfplay.models import resolve_model_path
+    from selfplay.runtime import cpu_bf16_flags
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(MODEL, Path(tmp), seed=0))
@@ -193,7 +188,7 @@ def main() -> None:
         tokens = make_pairs(tokenizer, data)
         offline = {}
         for precision in (args.precision if "offline" in args.parts else []):
-            if precision == "bf16" and not cpu_has_bf16():
+            if precision == "bf16" and not cpu_bf16_flags():
                 print("bf16: skipped, this CPU has neither AVX512-BF16 nor AMX")
                 offline["bf16"] = {"skipped": "no AVX512-BF16 or AMX"}
                 continue

