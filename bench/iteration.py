@@ -7,16 +7,15 @@ should stay flat). By default it runs the same recipe with the vLLM engine and w
 engine locally and under a private Ray with 1 and 2 trainer ranks (ZeRO-2), and reports the Ray
 path's overhead as a ratio of iteration times (the actors' memory is `actors_rss_mb`).
 
-  python bench/iteration.py                                  # recipes/tiny.yaml, 8 iterations
-  python bench/iteration.py recipes/tiny.yaml loop.iterations=10 --engines vllm
-  python bench/iteration.py --backend ray                    # local vs Ray, 1 and 2 ranks
+  python -m bench.iteration                                  # recipes/tiny.yaml, 8 iterations
+  python -m bench.iteration recipes/tiny.yaml loop.iterations=10 --engines vllm
+  python -m bench.iteration --backend ray                    # local vs Ray, 1 and 2 ranks
 Writes bench/results/iteration.json (iteration-ray.json with --backend ray).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -24,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.common import REPO, RESULTS, child_env, versions
+
 PHASES = ("generate", "reward", "train", "sync", "checkpoint")
 
 
@@ -44,7 +43,7 @@ def run_once(recipe: str, overrides: list[str], engine: str) -> list[dict]:
         command = [sys.executable, "-m", "selfplay.cli", "run", recipe, "-o", str(run_dir),
                    "--no-progress", f"rollout.engine={engine}", *overrides]
         result = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
-                                env={**os.environ, "PYTHONPATH": str(REPO)})
+                                env=child_env())
         if result.returncode != 0:
             raise SystemExit(f"{engine} {' '.join(overrides)} run failed:\n"
                              f"{result.stderr[-3000:]}")
@@ -93,13 +92,10 @@ def main() -> None:
                         help="ray: the vLLM engine locally vs under Ray with 1 and 2 ranks")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    results = REPO / "bench" / "results"
-    args.out = args.out or str(results / ("iteration-ray.json" if args.backend == "ray"
+    args.out = args.out or str(RESULTS / ("iteration-ray.json" if args.backend == "ray"
                                           else "iteration.json"))
     # Held-out evaluation is off: it is not part of the loop being measured.
     overrides = [f"loop.iterations={args.iterations}", "eval.prompts=null", *args.overrides]
-    from bench.train_step import versions
-
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "recipe": args.recipe,
               "overrides": overrides, "versions": versions(), "engines": {}}
     if args.backend == "ray":

@@ -8,23 +8,22 @@ AVX512-BF16 or AMX, bf16 (TRL: autocast; selfplay: `train.precision: bf16`). Eac
 its own process so its peak RSS is its own; the first step is a warm-up and is not timed.
 selfplay runs twice: at TRL's micro-batch of 8, and at micro-batch 2 with 4 accumulation steps
 (`selfplay-mb2`: the same optimizer step of 8 pairs, less memory).
-Online iteration: `bench/peers_online.py` (TRL's `OnlineDPOTrainer` with vLLM colocate), run from
-here too and stored under `online_iteration`.
+Online iteration: `python -m bench.peers_online` (TRL's `OnlineDPOTrainer` with vLLM colocate),
+run from here too and stored under `online_iteration`.
 
 TRL is a benchmark-only dependency, never imported by `selfplay/`. It is installed beside the
 project's environment, without touching it:
     pip install --no-deps --target ~/.cache/selfplay/trl trl==1.16.0
 
-  python bench/peers.py                    # both parts: offline fp32 and bf16 (if the CPU has
-                                           # it), and online (bench/peers_online.py); 3 steps
-  python bench/peers.py --parts offline --precision fp32 --steps 5
+  python -m bench.peers                    # both parts: offline fp32 and bf16 (if the CPU has
+                                           # it), and online (bench.peers_online); 3 steps
+  python -m bench.peers --parts offline --precision fp32 --steps 5
 Writes bench/results/peers.json (machine, CPU flags, versions, commit) and prints ratios.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -33,10 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-TRL_PATH = Path(os.environ.get("SELFPLAY_TRL_PATH", Path.home() / ".cache/selfplay/trl"))
-MODEL = "builtin:smollm2-135m-instruct"
+from bench.common import (MODEL, REPO, RESULTS, TRL_VERSION, child_env, commit, require_trl,
+                          use_trl, versions)
+
 PAIRS, PROMPT_TOKENS, COMPLETION_TOKENS = 8, 60, 240  # ~300 tokens a sequence, as PLATFORM.md
 BETA, GAMMA, LR = 2.0, 0.5, 1e-6
 # selfplay at TRL's micro-batch (all 8 pairs in one forward), and at 2 pairs per forward
@@ -73,8 +71,7 @@ def make_pairs(tokenizer, path: Path) -> int:
 
 
 def run_trl(model_dir: str, data: Path, precision: str, steps: int, workdir: Path) -> dict:
-    sys.path.insert(0, str(TRL_PATH))
-    os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
+    use_trl()
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -118,8 +115,7 @@ def run_selfplay(model_dir: str, data: Path, precision: str, steps: int, workdir
                f"train.micro_batch_size={micro_batch}", f"train.grad_accum={PAIRS // micro_batch}",
                "train.epochs_per_iteration=1", f"train.precision={precision}",
                "logging.save_rollouts=false"]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=child_env())
     if done.returncode != 0:
         raise SystemExit(f"selfplay offline run failed:\n{done.stderr[-3000:]}")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -145,8 +141,8 @@ def worker(args) -> None:
 
 def measure(tool: str, precision: str, data: Path, steps: int, tokens: int) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        subprocess.run([sys.executable, __file__, "--worker", tool, "--precision", precision,
-                        "--data", str(data), "--steps", str(steps), "--out", out.name],
+        subprocess.run([sys.executable, "-m", "bench.peers", "--worker", tool, "--precision",
+                        precision, "--data", str(data), "--steps", str(steps), "--out", out.name],
                        check=True, cwd=REPO)
         result = json.loads(Path(out.name).read_text())
     step = statistics.median(result["step_s"])
@@ -165,20 +161,17 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", default=["offline", "online"],
                         choices=["offline", "online"],
                         help="offline: the SimPO step (~20 min); online: the iteration beside "
-                        "OnlineDPOTrainer (bench/peers_online.py, ~25 min)")
-    parser.add_argument("--out", type=Path, default=REPO / "bench/results/peers.json")
+                        "OnlineDPOTrainer (bench.peers_online, ~25 min)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "peers.json")
     parser.add_argument("--worker", choices=["trl", *TOOLS], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         args.tool, args.precision = args.worker, args.precision[0]
         return worker(args)
-    if not (TRL_PATH / "trl").exists():
-        raise SystemExit(f"TRL is not installed at {TRL_PATH}: pip install --no-deps --target "
-                         f"{TRL_PATH} trl==1.16.0")
+    require_trl()
     from transformers import AutoTokenizer
 
-    from bench.train_step import versions
     from selfplay.models import resolve_model_path
     from selfplay.runtime import cpu_bf16_flags
 
@@ -202,10 +195,8 @@ def main() -> None:
                 print(f"{precision}: {tool} / TRL tokens/s = {speed:.2f}×, peak RSS "
                       f"{rows[tool]['peak_rss_gb']:.1f} GB ({memory:.2f}×)")
             offline[precision] = rows
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=REPO).stdout.strip()
-    result = {"date": time.strftime("%Y-%m-%d"), "commit": commit, "versions": versions(),
-              "trl": "1.16.0", "model": MODEL}
+    result = {"date": time.strftime("%Y-%m-%d"), "commit": commit(), "versions": versions(),
+              "trl": TRL_VERSION, "model": MODEL}
     if offline:
         result["offline_step"] = {"pairs": PAIRS, "micro_batches": TOOLS, "beta": BETA,
                                   "gamma": GAMMA, **offline}

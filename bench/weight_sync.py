@@ -6,8 +6,8 @@ the transfer and the engine's reload), median over the iterations. Then, with th
 model, the sync alone, repeated `--syncs` times in one placement per path (no training between:
 the same bytes move), median: tighter than a few iterations' worth.
 
-  python bench/weight_sync.py                                  # tiny and quickstart, 3 iterations
-  python bench/weight_sync.py --recipes recipes/tiny.yaml --iterations 4 --syncs 10
+  python -m bench.weight_sync                                  # tiny and quickstart, 3 iterations
+  python -m bench.weight_sync --recipes recipes/tiny.yaml --iterations 4 --syncs 10
 Writes bench/results/weight-sync.json.
 """
 from __future__ import annotations
@@ -16,15 +16,11 @@ import argparse
 import importlib.metadata
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.iteration import run_once  # noqa: E402
-from bench.train_step import versions  # noqa: E402
+from bench.common import REPO, RESULTS, versions
+from bench.iteration import run_once
 
 PATHS = ("object_store", "gloo")
 
@@ -65,7 +61,7 @@ def main() -> None:
                                  str(REPO / "recipes" / "quickstart.yaml")])
     parser.add_argument("--iterations", type=int, default=3, help="0: only the syncs alone")
     parser.add_argument("--syncs", type=int, default=10)
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "weight-sync.json"))
+    parser.add_argument("--out", default=str(RESULTS / "weight-sync.json"))
     args = parser.parse_args()
     # Held-out evaluation is off: it is not part of the loop being measured.
     shape = [f"loop.iterations={args.iterations}", "eval.prompts=null",

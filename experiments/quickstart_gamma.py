@@ -3,12 +3,12 @@
 For every seed, trains `recipes/quickstart.yaml` twice (the adaptive cutoff as shipped, and
 `gamma.controller=fixed gamma.value=0.5`), then scores the base model and both trained models on
 the held-out prompts in one `selfplay eval` (greedy, same prompts), and writes the paired
-result of each seed to bench/results/quickstart/gamma-seed<n>.json (the protocol is
-docs/gamma-study.md; bench/gamma_tables.py turns the files into tables, seeds as the unit).
+result of each seed to experiments/results/quickstart/gamma-seed<n>.json (the protocol is
+docs/gamma-study.md; experiments/gamma_tables.py turns the files into tables, seeds as the unit).
 Runs and evaluations already present in --runs-dir are reused, so an interrupted study resumes.
 About 20 minutes per seed on 2 CPU cores.
 
-  python bench/quickstart_gamma.py --seeds 11 12 13 --runs-dir runs/quickstart-gamma
+  python -m experiments.quickstart_gamma --seeds 11 12 13 --runs-dir runs/quickstart-gamma
 """
 from __future__ import annotations
 
@@ -19,12 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.gamma_tables import median_step  # noqa: E402
-from bench.train_step import versions  # noqa: E402
-from selfplay.evaluate import ModelScore, interval, paired  # noqa: E402
+from bench.common import REPO, commit, versions
+from experiments.gamma_tables import median_step
+from selfplay.evaluate import ModelScore, interval, paired
 
 RECIPE = REPO / "recipes" / "quickstart.yaml"
 BASE = "builtin:smollm2-135m-instruct"
@@ -69,14 +66,14 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[11, 12, 13])
     parser.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "quickstart-gamma")
-    parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results" / "quickstart")
+    parser.add_argument("--out-dir", type=Path,
+                        default=REPO / "experiments" / "results" / "quickstart")
     args = parser.parse_args()
     args.runs_dir.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=REPO).stdout.strip()
+    head = commit()
     for seed in args.seeds:
         result = {**seed_result(seed, run_seed(seed, args.runs_dir), args.runs_dir),
-                  "date": time.strftime("%Y-%m-%d"), "commit": commit, "versions": versions(),
+                  "date": time.strftime("%Y-%m-%d"), "commit": head, "versions": versions(),
                   "recipe": str(RECIPE.relative_to(REPO)), "arms": ARMS, "eval": EVAL_ARGS[2:]}
         path = args.out_dir / f"gamma-seed{seed}.json"
         path.write_text(json.dumps(result, indent=1) + "\n")

@@ -2,31 +2,27 @@
 
 `tune` runs every baseline setting on the tuning seeds and tuning prompts (and adaptive once,
 for reference); `test` runs adaptive and each family's best tuning setting on the fresh test
-seeds and held-out prompts. Each run writes one JSON file under bench/results/gamma_study/
+seeds and held-out prompts. Each run writes one JSON file under experiments/results/gamma_study/
 (final held-out reward, per-iteration train reward and γ, machine, versions, commit); runs whose
-file exists are skipped, so an interrupted study resumes. Tables: bench/gamma_tables.py.
+file exists are skipped, so an interrupted study resumes. Tables: experiments/gamma_tables.py.
 
-  python bench/gamma_study.py tune
-  python bench/gamma_study.py test
+  python -m experiments.gamma_study tune
+  python -m experiments.gamma_study test
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.train_step import versions  # noqa: E402
+from bench.common import REPO, child_env, commit, versions
 
 RECIPE = REPO / "recipes" / "groups.yaml"
-RESULTS = REPO / "bench" / "results" / "gamma_study"
+RESULTS = REPO / "experiments" / "results" / "gamma_study"
 COMMON = ["rollout.engine=hf", "logging.save_rollouts=false", "loop.checkpoint_every=15",
           "loop.keep_checkpoints=1"]
 SPLITS = {"tune": {"seeds": [100, 101], "eval": "data/groups-tune.jsonl"},
@@ -49,11 +45,6 @@ FAMILIES: dict[str, dict[str, list[str]]] = {
 ADAPTIVE = {"adaptive": ["gamma.controller=adaptive"]}
 
 
-def commit() -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                          cwd=REPO).stdout.strip()
-
-
 def result_path(split: str, setting: str, seed: int) -> Path:
     return RESULTS / split / setting / f"seed-{seed}.json"
 
@@ -67,8 +58,7 @@ def run_one(split: str, setting: str, overrides: list[str], seed: int) -> dict:
         command = [sys.executable, "-m", "selfplay.cli", "run", str(RECIPE), "-o", str(run_dir),
                    "--no-progress", f"loop.seed={seed}", f"eval.prompts={SPLITS[split]['eval']}",
                    *COMMON, *overrides]
-        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=child_env())
         if done.returncode != 0:
             raise SystemExit(f"{setting} seed {seed} failed:\n{done.stderr[-3000:]}")
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -1,32 +1,28 @@
 """The lean quickstart (bf16 sampling, smaller KV cache and micro-batch) against the fp32
 quickstart, seeds as the unit (protocol: docs/lean-quickstart-check.md).
 
-The fp32 arm is the γ study's adaptive arm (bench/results/quickstart/gamma-seed<n>.json, and its
-runs in --fp32-runs for the reproducibility check and the memory figures). For every seed this
-trains `recipes/quickstart.yaml` as it is now, then evaluates all lean runs in one `selfplay eval`
-together with seed 11's fp32 run, whose per-prompt scores must reproduce the stored ones.
-Runs already present in --runs-dir are reused. About 8 minutes per seed on 2 CPU cores.
+The fp32 arm is the γ study's adaptive arm (experiments/results/quickstart/gamma-seed<n>.json,
+and its runs in --fp32-runs for the reproducibility check and the memory figures). For every seed
+this trains `recipes/quickstart.yaml` as it is now, then evaluates all lean runs in one
+`selfplay eval` together with seed 11's fp32 run, whose per-prompt scores must reproduce the
+stored ones. Runs already present in --runs-dir are reused. About 8 minutes per seed on 2 CPU
+cores. Writes experiments/results/quickstart/lean-vs-fp32.json.
 
-  python bench/lean_quickstart.py --fp32-runs /tmp/qs-gamma-runs --runs-dir runs/lean
+  python -m experiments.lean_quickstart --fp32-runs /tmp/qs-gamma-runs --runs-dir runs/lean
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.common import REPO, commit, versions
+from experiments.quickstart_gamma import EVAL_ARGS, RECIPE, selfplay
+from selfplay.stats import paired
 
-from bench.gamma_tables import paired  # noqa: E402
-from bench.quickstart_gamma import EVAL_ARGS, RECIPE, selfplay  # noqa: E402
-from bench.train_step import versions  # noqa: E402
-
-RESULTS = REPO / "bench" / "results" / "quickstart"
+RESULTS = REPO / "experiments" / "results" / "quickstart"
 MARGIN = -0.03  # "not worse" only when the interval's lower bound is above this
 
 
@@ -52,7 +48,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[11, 12, 13])
     parser.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "lean-quickstart")
     parser.add_argument("--fp32-runs", type=Path, default=REPO / "runs" / "quickstart-gamma",
-                        help="the γ study's runs (bench/quickstart_gamma.py --runs-dir)")
+                        help="the γ study's runs (experiments.quickstart_gamma --runs-dir)")
     parser.add_argument("--out", type=Path, default=RESULTS / "lean-vs-fp32.json")
     args = parser.parse_args()
     args.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -65,7 +61,7 @@ def main() -> None:
                  "--out", str(report_path))
     models = json.loads(report_path.read_text())["models"]
     stored = json.loads((args.fp32_runs / f"eval-seed{check_seed}.json").read_text())["models"]
-    # The stored eval's order: base, adaptive, fixed (bench/quickstart_gamma.py).
+    # The stored eval's order: base, adaptive, fixed (experiments/quickstart_gamma.py).
     reproduced = models[0]["prompt_scores"] == stored[1]["prompt_scores"]
 
     per_seed = []
@@ -80,9 +76,7 @@ def main() -> None:
     mean, (low, high) = difference["mean"], difference["ci95"]
     verdict = ("void: the fp32 run's evaluation did not reproduce" if not reproduced else
                "not worse" if low > MARGIN else "not shown")
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=REPO).stdout.strip()
-    result = {"date": time.strftime("%Y-%m-%d"), "commit": commit, "versions": versions(),
+    result = {"date": time.strftime("%Y-%m-%d"), "commit": commit(), "versions": versions(),
               "protocol": "docs/lean-quickstart-check.md", "eval": EVAL_ARGS[2:],
               "fp32_eval_reproduced": reproduced, "per_seed": per_seed,
               "lean_minus_fp32": {**difference, "margin": MARGIN, "verdict": verdict}}
