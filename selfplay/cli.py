@@ -25,6 +25,17 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def _stop(error, run_dir: Path | None = None) -> None:
+    """Ends the command on a `UserError` (or Ctrl-C) from `selfplay.errors.user_errors`, in one
+    line; `run_dir`: a run directory that `--resume` continues, if there is one."""
+    from selfplay.errors import Interrupted
+
+    if isinstance(error, Interrupted):  # nothing went wrong: no "error:"
+        click.echo(error.one_line(run_dir), err=True)
+        sys.exit(error.exit_code)
+    _fail(error.one_line(run_dir), error.exit_code)
+
+
 def _load_recipe(path: str, overrides: tuple[str, ...]):
     from selfplay.recipe import RecipeError, load
 
@@ -73,14 +84,11 @@ def run(recipe, overrides, output_dir, resume, overwrite, no_progress, verbose):
     from selfplay.errors import user_errors
     from selfplay.loop import run as run_loop
 
-    with user_errors() as failed:
+    with user_errors(run_dir) as failed:
         run_loop(loaded, run_dir, resume=resume, overwrite=overwrite,
                  progress=not no_progress, echo=click.echo)
     if failed:
-        error = failed[0]
-        resumable = error.resumable and (run_dir / "recipe.yaml").exists()
-        _fail(f"{error.one_line()} [{run_dir} is intact: fix this, then run again with --resume]"
-              if resumable else error.one_line())
+        _stop(failed[0], run_dir if (run_dir / "recipe.yaml").exists() else None)
 
 
 @main.command()
@@ -210,7 +218,7 @@ def eval_(models, prompts, reward, reward_kwargs, samples, temperature, max_new_
                           max_new_tokens=max_new_tokens, max_model_len=max_model_len,
                           limit=limit, engine=engine, seed=seed, echo=click.echo)
     if failed:
-        _fail(failed[0].one_line())
+        _stop(failed[0])
     click.echo(format_report(report))
     if out:
         save_report(report, out)

@@ -352,3 +352,53 @@ def test_every_registered_loss_runs_online(tmp_path, loss):
     assert all(r["loss"] is not None and r["n_pairs"] > 0 for r in records)
     if loss == "dpo":  # policy == reference before the first step: every margin is 0
         assert records[0]["margin_p10"] == records[0]["margin_p90"] == 0.0
+
+
+def run_in_process(monkeypatch, tmp_path, raises, *, started=True):
+    """`selfplay run` in this process with a stand-in loop that raises `raises` (after creating
+    the run directory when `started`): the CLI's side of a stop, without a model."""
+    import types
+
+    from click.testing import CliRunner
+
+    from selfplay import cli
+
+    def stand_in(recipe, run_dir, **kwargs):
+        if started:
+            run_dir.mkdir(parents=True)
+            (run_dir / "recipe.yaml").write_text("stand-in\n")
+        raise raises
+
+    loop = types.ModuleType("selfplay.loop")
+    loop.run = stand_in
+    monkeypatch.setitem(sys.modules, "selfplay.loop", loop)
+    return CliRunner().invoke(cli.main, ["run", str(TINY_RECIPE), "-o", str(tmp_path / "run"),
+                                         "--no-progress"])
+
+
+@pytest.mark.parametrize("started", [True, False])
+def test_ctrl_c_is_one_line_without_error_and_exits_130(tmp_path, monkeypatch, started):
+    result = run_in_process(monkeypatch, tmp_path, KeyboardInterrupt(), started=started)
+    assert result.exit_code == 130
+    expected = (f"interrupted; the run directory {tmp_path / 'run'} is intact: run again with "
+                "--resume to continue" if started else "interrupted")
+    assert result.stderr.splitlines() == [expected]
+
+
+def test_disk_full_outside_a_checkpoint_is_one_resumable_line(tmp_path, monkeypatch):
+    import errno
+
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    result = run_in_process(monkeypatch, tmp_path,
+                            OSError(errno.ENOSPC, "No space left on device", str(metrics)))
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: disk full while writing {metrics} (") and " free on /" in line
+    assert line.endswith(f"[{tmp_path / 'run'} is intact: free some space, then run again with "
+                         "--resume]")
+
+
+def test_other_errors_in_a_run_keep_their_traceback(tmp_path, monkeypatch):
+    error = RuntimeError("a bug")
+    result = run_in_process(monkeypatch, tmp_path, error)
+    assert result.exception is error and result.exit_code == 1
