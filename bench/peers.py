@@ -35,7 +35,7 @@ from pathlib import Path
 from bench.common import (MODEL, REPO, RESULTS, TRL_VERSION, child_env, commit, require_trl,
                           use_trl, versions)
 
-PAIRS, PROMPT_TOKENS, COMPLETION_TOKENS = 8, 60, 240  # ~300 tokens a sequence, as PLATFORM.md
+PAIRS, PROMPT_TOKENS, COMPLETION_TOKENS = 8, 60, 240  # ~300 tokens a sequence
 BETA, GAMMA, LR = 2.0, 0.5, 1e-6
 # selfplay at TRL's micro-batch (all 8 pairs in one forward), and at 2 pairs per forward
 # accumulated to the same optimizer step of 8: the same update in less memory.

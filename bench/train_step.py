@@ -5,7 +5,7 @@ Each (implementation, precision) runs in its own process so that its peak RSS is
                  sides), one pair per forward pass (--micro-batch), gradients accumulated.
   selfplay+ckpt: the same with gradient checkpointing (less memory, more compute).
   naive:         plain torch, the whole batch in one forward, full-vocabulary log-softmax over
-                 every token (what PLATFORM.md measured: 12.8 GB).
+                 every token.
 Achieved FLOP/s is reported as a fraction of a large matmul timed in the same process.
 
   python -m bench.train_step                       # fp32 and bf16, both implementations

@@ -5,17 +5,57 @@ import importlib
 import math
 import threading
 from importlib.metadata import entry_points
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from selfplay.errors import UserError
 
 
-@runtime_checkable
-class Rewarder(Protocol):
-    """Anything with this method is a rewarder; it is built with the recipe's `reward.kwargs`."""
+class Rewarder:
+    """The reward interface, built with the recipe's `reward.kwargs`. Only `score` is required;
+    the rest have no-op defaults. The built-ins subclass it; a plug-in may, or may define only
+    `score` (`load_rewarder` then wraps it in `PluginRewarder`, so callers see every method)."""
 
     def score(self, prompts: list[str], completions: list[str],
-              metadata: list[dict]) -> list[float]: ...
+              metadata: list[dict]) -> list[float]:
+        """One finite score per completion; `metadata` is each prompt row's other fields."""
+        raise NotImplementedError
+
+    def bind_policy(self, engine) -> None:
+        """Self-rewarding: the run's rollout engine (current weights), for a rewarder that
+        samples from the policy (e.g. `judge`). Called once, before the first iteration."""
+
+    def metrics(self) -> dict[str, float]:
+        """Numbers about the last `score` call; logged as `reward_<key>`."""
+        return {}
+
+    def unavailable(self, metadata: dict) -> str | None:
+        """Why a prompt row cannot be scored here (e.g. a checker's data is missing), or None;
+        evaluation skips such rows and counts the reasons."""
+        return None
+
+
+class PluginRewarder(Rewarder):
+    """A plug-in that does not subclass `Rewarder`, seen through the whole interface: what it
+    defines is called, what it lacks is the default."""
+
+    def __init__(self, plugin: Any):
+        self.plugin = plugin
+
+    def score(self, prompts, completions, metadata) -> list[float]:
+        return self.plugin.score(prompts, completions, metadata)
+
+    def bind_policy(self, engine) -> None:
+        self._optional("bind_policy", None, engine)
+
+    def metrics(self) -> dict[str, float]:
+        return dict(self._optional("metrics", {}) or {})
+
+    def unavailable(self, metadata: dict) -> str | None:
+        return self._optional("unavailable", None, metadata)
+
+    def _optional(self, name: str, default, *args):
+        method = getattr(self.plugin, name, None)
+        return method(*args) if callable(method) else default
 
 
 class RewardError(UserError, RuntimeError):
@@ -99,7 +139,7 @@ def load_rewarder(name: str, kwargs: dict[str, Any] | None = None) -> Rewarder:
     if not callable(getattr(rewarder, "score", None)):
         raise RewardError(f"reward {name!r}: {cls.__qualname__} has no "
                           "score(prompts, completions, metadata)")
-    return rewarder
+    return rewarder if isinstance(rewarder, Rewarder) else PluginRewarder(rewarder)
 
 
 def call_with_timeout(function, timeout_s: float | None, name: str):
@@ -161,11 +201,8 @@ def rewarder_metrics(rewarder: Rewarder, name: str) -> dict[str, float]:
     e.g. `judge` reports how many replies it could not parse, `ifeval` the share of answers
     that followed every instruction; they land in metrics.jsonl and the logging sinks.
     """
-    method = getattr(rewarder, "metrics", None)
-    if not callable(method):
-        return {}
     try:
-        values = method() or {}
+        values = rewarder.metrics() or {}
         return {f"reward_{key}": float(value) for key, value in values.items()}
     except Exception as error:
         raise RewardError(f"rewarder {name!r}: metrics() failed: {type(error).__name__}: "

@@ -4,12 +4,12 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from rewarders.base import load_rewarder, score_checked
+from rewarders.base import Rewarder, load_rewarder, score_checked
 
 PART_KEYS = {"name", "kwargs", "weight"}
 
 
-class CombinedRewarder:
+class CombinedRewarder(Rewarder):
     """Weighted sum of other rewarders' scores, each part named when it fails.
 
     kwargs: `rewarders`: a list of parts `{name: ..., kwargs: {...}, weight: 1.0}`; `name` is
@@ -46,16 +46,13 @@ class CombinedRewarder:
 
     def bind_policy(self, engine) -> None:
         for _, rewarder, _ in self.parts:
-            if callable(getattr(rewarder, "bind_policy", None)):
-                rewarder.bind_policy(engine)
+            rewarder.bind_policy(engine)
 
     def metrics(self) -> dict[str, float]:
         """Each part's mean (unweighted) score in the last call, plus the parts' own metrics."""
         out = dict(self._last_means)
         for label, rewarder, _ in self.parts:
-            part = getattr(rewarder, "metrics", None)
-            out.update({f"{label}_{key}": value for key, value in
-                        ((part() or {}) if callable(part) else {}).items()})
+            out.update({f"{label}_{key}": value for key, value in rewarder.metrics().items()})
         return out
 
     def score(self, prompts, completions, metadata):

@@ -7,11 +7,13 @@ import time
 import urllib.error
 import urllib.request
 
+from rewarders.base import Rewarder
+
 # Failures worth another try: the server may be restarting, overloaded or slow.
 TRANSIENT = (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException)
 
 
-class HTTPRewarder:
+class HTTPRewarder(Rewarder):
     """POSTs prompts and completions as JSON to a reward server and reads back its scores.
 
     Wire format: `POST url` with `Content-Type: application/json` and the body

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rewarders.base import Rewarder
 from rewarders.nltk_data import ensure_nltk_data
 
 
@@ -74,7 +75,7 @@ class InstructionChecker:
             return False
 
 
-class IFEvalRewarder:
+class IFEvalRewarder(Rewarder):
     """Share of a row's IFEval instructions the completion follows (metadata: instruction_id_list, kwargs).
 
     kwargs: `mode` "strict" (default) or "loose" (IFEval's loose variants of the answer);

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 
+from rewarders.base import Rewarder
+from selfplay.types import GREEDY_TEMPERATURE
 from selfplay.api import SamplingConfig, build_engine, format_prompt
 
 JUDGE_TEMPLATE = """\
@@ -18,9 +20,6 @@ Response:
 Give a one-sentence reason, then end with "Score: N", where N is an integer from {min_score} \
 to {max_score}."""
 
-# Transformers' sampler rejects temperature 0; vLLM treats anything below 1e-5 as greedy and
-# for transformers this is argmax except on exact ties.
-GREEDY_TEMPERATURE = 1e-6
 SCORE_LINE = re.compile(r"score\s*[:=]?\s*(\d+)", re.IGNORECASE)
 INTEGER = re.compile(r"\d+")
 TRUNCATED = " [truncated]"
@@ -35,7 +34,7 @@ def parse_score(text: str, min_score: int, max_score: int) -> int | None:
     return value if min_score <= value <= max_score else None
 
 
-class JudgeRewarder:
+class JudgeRewarder(Rewarder):
     """An LLM's rating of each completion, from a judging prompt, normalised to [0, 1].
 
     The judge generates a reply to `template` (default `JUDGE_TEMPLATE`: a rating from

@@ -1,7 +1,9 @@
 """`length_penalty`: a penalty for long completions, to add to another reward with `combine`."""
 
+from rewarders.base import Rewarder
 
-class LengthPenaltyRewarder:
+
+class LengthPenaltyRewarder(Rewarder):
     """Penalty in [-1, 0]: 0 up to `target_chars` characters, falling linearly to -1 at `max_chars`.
 
     kwargs: `max_chars` (required): the length that earns the full -1 penalty, and anything

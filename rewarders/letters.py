@@ -1,12 +1,14 @@
 """`letters`: the programmatic reward of the tiny "echo letters" task (recipes/tiny.yaml)."""
 
+from rewarders.base import Rewarder
+
 
 def _characters(completion: str) -> list[str]:
     """The completion's characters with spaces left out: "a b a" and "aba" score the same."""
     return [c for c in completion if not c.isspace()]
 
 
-class LettersRewarder:
+class LettersRewarder(Rewarder):
     """Share of a completion's characters that are among the row's `letters`; 0 when empty.
 
     Spaces are ignored, so "a b a" and "aba" score the same.
@@ -25,7 +27,7 @@ class LettersRewarder:
         return scores
 
 
-class LetterGroupsRewarder:
+class LetterGroupsRewarder(Rewarder):
     """The "letter groups" toy task (recipes/groups.yaml): answer in the prompt's letter group.
 
     The reward is ``2·s − 1``, where ``s`` is the share of the completion's characters (spaces

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rewarders.base import Rewarder
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-class RewardModelRewarder:
+class RewardModelRewarder(Rewarder):
     """Scores from a local Hugging Face `AutoModelForSequenceClassification` directory.
 
     kwargs: `path` (required): the model directory, whose config's architectures must end in

@@ -23,11 +23,8 @@ def check_inputs(recipe: Recipe) -> list[str]:
 
     problems = []
     data = recipe.data
-    offline_columns = ({"data.chosen_field": data.chosen_field,
-                        "data.rejected_field": data.rejected_field}
-                       if recipe.mode == "offline" else {})
     problems += _prompt_file_problems(data.prompts, data.prompt_field, "data.prompts",
-                                      offline_columns)
+                                      recipe.offline_columns())
     if recipe.eval.prompts:
         problems += _prompt_file_problems(recipe.eval.prompts, data.prompt_field,
                                           "eval.prompts", {})

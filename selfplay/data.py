@@ -119,12 +119,16 @@ def check_text_file(source: Path, prompt_field: str, field: str) -> None:
 
 
 def check_prompt_lengths(prompt_token_counts: list[int], max_model_len: int,
-                         max_new_tokens: int, source: str) -> None:
+                         max_new_tokens: int, source: str,
+                         names: tuple[str, str] = ("rollout.max_new_tokens=",
+                                                   "rollout.max_model_len=")) -> None:
     """Refuses prompts that leave no room for a full completion, before any generation.
 
     `prompt_token_counts` are the chat-formatted prompts' token counts in the order of `source`'s
-    rows; the DataError names the first that does not fit (1-based) and how many do not.
+    rows; the DataError names the first that does not fit (1-based) and how many do not, and the
+    two settings by `names` (the recipe's fields, or a command's options).
     """
+    new_name, len_name = names
     limit = max_model_len - max_new_tokens
     too_long = [i for i, count in enumerate(prompt_token_counts) if count > limit]
     if not too_long:
@@ -132,10 +136,10 @@ def check_prompt_lengths(prompt_token_counts: list[int], max_model_len: int,
     first = too_long[0]
     count = prompt_token_counts[first]
     others = f" ({len(too_long)} rows do not fit)" if len(too_long) > 1 else ""
-    raise DataError(f"{source}: row {first + 1} is {count} tokens; with rollout.max_new_tokens="
-                    f"{max_new_tokens} it does not fit rollout.max_model_len={max_model_len} "
+    raise DataError(f"{source}: row {first + 1} is {count} tokens; with {new_name}"
+                    f"{max_new_tokens} it does not fit {len_name}{max_model_len} "
                     f"(room for {limit} prompt tokens){others}: shorten or remove it, or raise "
-                    f"rollout.max_model_len to at least {count + max_new_tokens}")
+                    f"{len_name.rstrip('= ')} to at least {count + max_new_tokens}")
 
 
 def format_prompt(tokenizer, text: str, use_chat_template: bool) -> str:

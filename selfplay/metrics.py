@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from selfplay.stats import active_fraction
+from selfplay.types import TrainStats
+
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -26,14 +29,11 @@ def rss_mb() -> float:
 
 @dataclass
 class UpdateSummary:
-    """What one policy update did (empty when an iteration had no pairs)."""
+    """What one policy update did (empty when an iteration had no pairs): the trainer's report,
+    and what the loop measured around it."""
 
-    margins: list[float] = field(default_factory=list)  # per pair, when first seen
+    stats: TrainStats = field(default_factory=TrainStats)
     margins_end: list[float] = field(default_factory=list)  # per pair, after the update
-    gammas: list[float] = field(default_factory=list)  # per pair, the γ its loss used
-    loss: float | None = None
-    tokens: int = 0
-    steps: int = 0
     lr: float | None = None
     seconds: float = 0.0
 
@@ -42,15 +42,21 @@ def _quantile(values: list[float], q: float) -> float | None:
     return float(np.quantile(values, q)) if values else None
 
 
+def reward_mean_std(rewards: list[list[float]]) -> tuple[float, float]:
+    """Mean and population std of every completion's reward (per-prompt lists flattened)."""
+    scores = [score for prompt_scores in rewards for score in prompt_scores]
+    return statistics.fmean(scores), statistics.pstdev(scores)
+
+
 def rollout_summary(rollouts, rewards: list[list[float]], pairs, time_generate: float,
                     time_reward: float) -> dict:
     """The sampling and scoring half of an iteration's record."""
-    scores = [score for prompt_scores in rewards for score in prompt_scores]
+    reward_mean, reward_std = reward_mean_std(rewards)
     completions = [c for r in rollouts for c in r.completions]
     gen_tokens = sum(len(c.token_ids) for c in completions)
     return {
-        "reward_mean": statistics.fmean(scores),
-        "reward_std": statistics.pstdev(scores),
+        "reward_mean": reward_mean,
+        "reward_std": reward_std,
         "chosen_reward_mean": statistics.fmean(p.chosen_reward for p in pairs) if pairs else None,
         "completion_tokens_mean": gen_tokens / max(1, len(completions)),
         "time_generate_s": time_generate,
@@ -61,32 +67,31 @@ def rollout_summary(rollouts, rewards: list[list[float]], pairs, time_generate: 
 
 def iteration_record(iteration: int, gamma_fields: dict, collected: dict, pair_stats,
                      update: UpdateSummary, time_sync: float, evaluation: dict) -> dict:
-    """One line of metrics.jsonl (DESIGN.md names its keys), before checkpoint time and RSS."""
-    from selfplay.losses import active_fraction
-
-    active = active_fraction(update.margins, update.gammas)
+    """One line of metrics.jsonl (docs/architecture.md names its keys), before checkpoint time and RSS."""
+    stats = update.stats
+    active = active_fraction(stats.margins, stats.gammas)
     return {
         "iteration": iteration,
         **gamma_fields,
         "active_fraction": active,
         # None when the end-of-update pass did not run (logging.end_margins).
-        "active_fraction_end": (active_fraction(update.margins_end, update.gammas)
+        "active_fraction_end": (active_fraction(update.margins_end, stats.gammas)
                                 if update.margins_end else None),
         "filtered_fraction": None if active is None else 1 - active,
-        "margin_p10": _quantile(update.margins, 0.1),
-        "margin_p50": _quantile(update.margins, 0.5),
-        "margin_p90": _quantile(update.margins, 0.9),
+        "margin_p10": _quantile(stats.margins, 0.1),
+        "margin_p50": _quantile(stats.margins, 0.5),
+        "margin_p90": _quantile(stats.margins, 0.9),
         "margin_end_p50": _quantile(update.margins_end, 0.5),
         **collected,
         "n_prompts": pair_stats.n_prompts,
         "n_pairs": pair_stats.n_pairs,
         "n_dropped": pair_stats.n_dropped,
-        "loss": update.loss,
-        "optimizer_steps": update.steps,
+        "loss": stats.loss,
+        "optimizer_steps": stats.steps,
         "lr": update.lr,
         "time_train_s": update.seconds,
         "time_sync_s": time_sync,
-        "train_tokens_per_s": update.tokens / update.seconds if update.tokens else None,
+        "train_tokens_per_s": stats.tokens / update.seconds if stats.tokens else None,
         **evaluation,
     }
 

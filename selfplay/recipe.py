@@ -14,8 +14,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from selfplay.control import (CONFIGS as GAMMA_CONFIGS, AdaptiveConfig, FixedConfig,
-                              GammaPOConfig, ScheduleConfig)
+from selfplay.control import CONFIGS as GAMMA_CONFIGS, FixedConfig, GammaPOConfig
 from selfplay.schema import Section
 
 
@@ -81,8 +80,7 @@ class RewardConfig(Section):
 
 
 class PairsConfig(Section):
-    strategy: Literal["best_worst"] = Field("best_worst", description="How completions become "
-                                            "a pair: the highest vs the lowest reward.")
+    """Each prompt's highest- against its lowest-reward completion becomes one pair."""
     min_reward_gap: float = Field(0.0, ge=0, description="Prompts whose best and worst reward "
                                   "differ by this or less are dropped (ties always are).")
 
@@ -105,8 +103,7 @@ class LossConfig(Section):
 
 
 # The `gamma` section: one model per controller, chosen by `controller` (fixed when omitted).
-GammaConfig = Annotated[Union[FixedConfig, ScheduleConfig, AdaptiveConfig, GammaPOConfig],
-                        Field(discriminator="controller")]
+GammaConfig = Annotated[Union[tuple(GAMMA_CONFIGS.values())], Field(discriminator="controller")]
 GAMMA_HELP = ("How γ is set: fixed, schedule (start→end over the run), adaptive (from the "
               "observed margins, docs/adaptive-gamma.md) or gammapo (per-pair targets, the γ-PO "
               "baseline; needs loss.name: simpo). Each has its own fields.")
@@ -193,7 +190,6 @@ class EvalConfig(Section):
 
 class LoggingConfig(Section):
     save_rollouts: bool = Field(True, description="Write rollouts/iter-NNNN.jsonl.")
-    progress: bool = Field(True, description="Progress bars on generation and training.")
     end_margins: Literal["auto", "always"] = Field(
         "auto", description="Score every pair again after the update (active_fraction_end, "
         "margin_end_p50): a no-grad pass of about a fifth of an update. auto: only when the γ "
@@ -212,6 +208,11 @@ class LoggingConfig(Section):
             if getattr(self, field) and importlib.util.find_spec(package) is None:
                 raise ValueError(f"logging.{field}: needs `pip install {package}`")
         return self
+
+
+# (section, field) pairs removed from the recipe: pairs.strategy had one value; logging.progress
+# was read by nothing (the CLI's --no-progress turns the bars off).
+REMOVED_FIELDS = (("pairs", "strategy"), ("logging", "progress"))
 
 
 class Recipe(Section):
@@ -238,6 +239,17 @@ class Recipe(Section):
             raw["gamma"] = {"controller": "fixed", **raw["gamma"]}
         return raw
 
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_removed_fields(cls, raw: Any) -> Any:
+        """Fields that did nothing and are gone; run directories written before still hold them
+        in recipe.yaml and must stay resumable."""
+        if isinstance(raw, dict):
+            for section, name in REMOVED_FIELDS:
+                if isinstance(raw.get(section), dict):
+                    raw[section] = {k: v for k, v in raw[section].items() if k != name}
+        return raw
+
     @model_validator(mode="after")
     def _check_cross_fields(self) -> "Recipe":
         if self.reward is None and (self.mode == "online" or self.eval.prompts):
@@ -246,11 +258,15 @@ class Recipe(Section):
             if self.loss.name != "simpo":
                 raise ValueError(f"gamma.controller: gammapo is SimPO with per-pair targets, it "
                                  f"needs loss.name: simpo (got {self.loss.name})")
-            from selfplay.losses import get_loss  # torch: only for a γ-PO recipe
-
-            # γ-PO's reward gaps are β·M with the loss's own β.
-            self.gamma.bind(self.loss.beta or get_loss("simpo").default_beta, self.loop.seed)
         return self
+
+    def offline_columns(self) -> dict[str, str]:
+        """The columns an offline run's prompt file must have besides the prompt, by recipe
+        field (none online)."""
+        if self.mode != "offline":
+            return {}
+        return {"data.chosen_field": self.data.chosen_field,
+                "data.rejected_field": self.data.rejected_field}
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")

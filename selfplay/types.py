@@ -5,7 +5,13 @@ engines, the rewarders and the trainer can live in other processes (Ray) and rec
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+# Greedy for both engines: vLLM treats a temperature below 1e-5 as greedy; transformers' sampler
+# rejects 0, and at 1e-6 takes the argmax except on exact ties. The HF engine raises any lower
+# temperature to this.
+GREEDY_TEMPERATURE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -37,3 +43,13 @@ class Pair:
     rejected: Completion
     chosen_reward: float
     rejected_reward: float
+
+
+@dataclass
+class TrainStats:
+    """What one policy update reports back (empty: an iteration without pairs)."""
+    loss: float | None = None
+    margins: list[float] = field(default_factory=list)  # per pair, as first seen in this update
+    gammas: list[float] = field(default_factory=list)   # per pair, the γ its loss used then
+    steps: int = 0                                      # optimizer steps taken
+    tokens: int = 0                                     # tokens through forward + backward

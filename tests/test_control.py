@@ -92,7 +92,6 @@ def test_an_observation_needs_its_iteration_numbers():
             MarginObservation(bad, 5)
     with pytest.raises(ValueError, match="observation.iterations must be an int >= 1"):
         MarginObservation(1, 0)
-    assert MarginObservation(2, 5, [0.1, 0.2], [0.3, 0.4]).n_pairs == 2
 
 
 @pytest.mark.parametrize(
@@ -128,9 +127,7 @@ def test_build_controller():
     assert controller.gamma_at(5) == pytest.approx(0.2)
     assert build_controller(FixedConfig(value=0.4), 5).value == 0.4
     assert build_controller(AdaptiveConfig(initial=0.3), 5).value == 0.3
-    gammapo = GammaPOConfig(value=0.7)
-    gammapo.bind(loss_beta=10.0, seed=0)  # the recipe binds the simpo loss's β and loop.seed
-    assert build_controller(gammapo, 5).value == 0.7
+    assert build_controller(GammaPOConfig(value=0.7), 5).value == 0.7
 
 
 def test_bad_controller_fields_are_refused():

@@ -4,7 +4,8 @@ import math
 import pytest
 
 from conftest import REPO, run_cli
-from selfplay.evaluate import (EvalError, ModelScore, evaluate, format_report, interval, paired,
+from selfplay.data import DataError
+from selfplay.evaluate import (ModelScore, evaluate, format_report, interval, paired,
                                summarise)
 from selfplay.models import ModelError, resolve_model_path
 from selfplay.tiny_model import build_tiny_model
@@ -14,10 +15,13 @@ SMALL = ["--prompts", LETTERS, "--reward", "letters", "--limit", 8, "--max-new-t
          "--max-model-len", 128, "--engine", "hf"]
 
 
-def test_interval_is_the_mean_and_a_normal_95_percent_half_width():
+T975_DF2, T975_DF3 = 4.302653, 3.182446  # Student's t, 97.5th percentile, 2 and 3 df
+
+
+def test_interval_is_the_mean_and_a_t_95_percent_half_width():
     mean, half = interval([1.0, 2.0, 3.0, 4.0])
     assert mean == 2.5
-    assert half == pytest.approx(1.959964 * math.sqrt(5 / 3) / 2)
+    assert half == pytest.approx(T975_DF3 * math.sqrt(5 / 3) / 2, rel=1e-6)
     mean, half = interval([0.5])
     assert mean == 0.5 and math.isnan(half)
     assert interval([0.3, 0.3, 0.3]) == (pytest.approx(0.3), 0.0)
@@ -30,13 +34,13 @@ def test_paired_difference_over_the_same_prompts():
     # diffs 1, 0, -0.5, 0.5: mean 0.25, sd sqrt(1.25 / 3), standard error sd / 2
     standard_error = math.sqrt(1.25 / 3) / 2
     assert result["reward_diff"] == pytest.approx(0.25)
-    assert result["reward_diff_ci95"] == pytest.approx(1.959964 * standard_error)
+    assert result["reward_diff_ci95"] == pytest.approx(T975_DF3 * standard_error, rel=1e-6)
     assert result["t"] == pytest.approx(0.25 / standard_error)
     assert (result["better"], result["worse"]) == (2, 1)
     # all-followed diffs 1, 0, -1, 1
     assert result["all_followed_diff"] == pytest.approx(0.25)
     assert result["all_followed_diff_ci95"] == pytest.approx(
-        1.959964 * math.sqrt(2.75 / 3) / 2)
+        T975_DF3 * math.sqrt(2.75 / 3) / 2, rel=1e-6)
     backwards = paired(other, base)
     assert backwards["reward_diff"] == pytest.approx(-0.25)
     assert (backwards["better"], backwards["worse"]) == (1, 2)
@@ -55,7 +59,7 @@ def test_summarise_reports_mean_interval_share_and_speed():
                        generated_tokens=300, seconds=1.5)
     summary = summarise(score)
     assert summary["reward_mean"] == pytest.approx(0.4)
-    assert summary["reward_ci95"] == pytest.approx(1.959964 * 0.2 / math.sqrt(3))
+    assert summary["reward_ci95"] == pytest.approx(T975_DF2 * 0.2 / math.sqrt(3), rel=1e-6)
     assert summary["all_followed"] == pytest.approx(2 / 3)
     assert summary["prompts"] == 3
     assert summary["tokens_per_s"] == 200.0
@@ -75,10 +79,11 @@ def test_format_report_shows_each_model_and_each_paired_difference():
     lines = format_report(report).splitlines()
     assert lines[0] == ("heldout.jsonl: 4 prompts × 2 sample(s), temperature 0.7, "
                         "reward ifeval")
-    assert lines[1] == "  base: reward 0.500 ± 0.400 | all instructions followed 25.0% ± 49.0%"
-    assert lines[2].startswith("  runs/new: reward 0.750 ± 0.283")
-    assert lines[3] == ("  runs/new − base: reward +0.250 ± 0.633 (95%, paired, t 0.77; "
-                        "better on 2, worse on 1 prompts) | all followed +25.0% ± 93.8%")
+    # ± is the t interval's half-width: 3.18 standard errors with 4 prompts.
+    assert lines[1] == "  base: reward 0.500 ± 0.650 | all instructions followed 25.0% ± 79.6%"
+    assert lines[2].startswith("  runs/new: reward 0.750 ± 0.459")
+    assert lines[3] == ("  runs/new − base: reward +0.250 ± 1.027 (95%, paired, t 0.77; "
+                        "better on 2, worse on 1 prompts) | all followed +25.0% ± 152.3%")
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +121,8 @@ def test_two_models_are_sampled_on_the_same_prompts_and_paired(two_models, tmp_p
 
 
 def test_prompts_that_do_not_fit_the_context_are_refused(two_models, tmp_path):
-    with pytest.raises(EvalError, match=r"8 prompts \(first: #0\) do not fit --max-model-len 16 "
-                                        "with --max-new-tokens 8"):
+    with pytest.raises(DataError, match=r"row 1 is 14 tokens; with --max-new-tokens 8 it does "
+                                        r"not fit --max-model-len 16 .*\(8 rows do not fit\)"):
         evaluate([str(two_models[0])], str(LETTERS), reward="letters", max_new_tokens=8,
                  max_model_len=16, limit=8, engine="hf", scratch=tmp_path)
 

@@ -45,7 +45,7 @@ class _ScoringTrainer:
         self.end_passes = 0
 
     def train(self, pairs, gamma, iteration, progress=False):
-        from selfplay.train.trainer import TrainStats
+        from selfplay.types import TrainStats
         return TrainStats(loss=0.1, margins=[0.2] * len(pairs), gammas=[0.5] * len(pairs),
                           steps=1, tokens=10)
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from selfplay import losses
-from selfplay.losses import available_losses, get_loss, needs_beta, needs_reference, register_loss
+from selfplay.losses import (available_losses, get_loss, needs_reference, register_loss,
+                             scale_to_active)
 
 ALL_LOSSES = ["dpo", "ipo", "repo", "repo++", "simpo"]
 
@@ -157,17 +158,20 @@ def test_repo_active_reduction_without_active_pairs_is_zero_not_nan():
 
 
 def test_repo_active_reduction_over_rank_shares_adds_up_to_the_whole_batch():
-    # Two ranks hold pairs 0, 2 and 1, 3 of the micro-batch; `whole_batch` = (4 pairs, 2 active).
-    # Each share's loss × its pair count, summed, is the whole batch's loss × 4 (the trainer's
-    # weighting), and the gradients are the whole batch's.
+    # Two ranks hold pairs 0, 2 and 1, 3 of the micro-batch. As the trainer does: each share's
+    # loss over all its pairs, scaled by the whole batch's counts (4 pairs; the shares' own
+    # n_active summed: 2). Each share's loss × its pair count, summed, is the whole batch's
+    # loss × 4 (the trainer's weighting), and the gradients are the whole batch's.
     chosen, rejected = four_pairs(grad=True)
     whole = get_loss("repo")(chosen, rejected, gamma=0.5, reduction="active")
+    shares = [get_loss("repo")(chosen[share], rejected[share], gamma=0.5)
+              for share in ([0, 2], [1, 3])]
+    assert [out.n_active for out in shares] == [2, 0]
     total = 0.0
-    for share in ([0, 2], [1, 3]):
-        out = get_loss("repo")(chosen[share], rejected[share], gamma=0.5, reduction="active",
-                               whole_batch=(4, 2))
-        (out.loss * len(share) / 4).backward()
-        total += out.loss.item() * len(share)
+    for out in shares:
+        loss = scale_to_active(out.loss, 4, sum(o.n_active for o in shares))
+        (loss * 2 / 4).backward()
+        total += loss.item() * 2
     assert total == pytest.approx(whole.loss.item() * 4)
     assert chosen.grad.tolist() == pytest.approx([-0.5, 0.0, -0.5, 0.0])
     # Each share counting only its own active pairs (2 and 0) would give half the loss.
@@ -250,7 +254,8 @@ def test_simpo_stable_for_large_beta_times_margin():
 def test_available_losses_and_flags():
     assert available_losses() == ALL_LOSSES
     assert [n for n in ALL_LOSSES if needs_reference(n)] == ["dpo"]
-    assert [n for n in ALL_LOSSES if needs_beta(n)] == ["dpo", "ipo", "repo++", "simpo"]
+    assert [n for n in ALL_LOSSES if get_loss(n).default_beta is not None] == \
+        ["dpo", "ipo", "repo++", "simpo"]
     assert [n for n in ALL_LOSSES if get_loss(n).needs_reference] == ["dpo"]
 
 
@@ -292,7 +297,7 @@ def test_registered_loss_is_found(monkeypatch):
         loss = torch.relu(gamma - beta * margins).mean()
         return losses.LossOutput(loss, margins.detach(), (margins < gamma).detach())
 
-    assert "hinge" in available_losses() and needs_beta("hinge")
+    assert "hinge" in available_losses() and get_loss("hinge").default_beta is not None
     assert get_loss("hinge").length_normalised and not get_loss("hinge").needs_reference
     # M = [0.3, 0.9], β = 1, γ = 0.5: (0.2 + 0) / 2 = 0.1.
     assert get_loss("hinge")(*two_pairs(), gamma=0.5).loss.item() == pytest.approx(0.1)
@@ -345,19 +350,3 @@ def test_per_pair_gamma_filters_each_pair_against_its_own_cutoff():
     assert out.active.tolist() == [False, True, False]
     with pytest.raises(ValueError, match="per-pair gamma has shape"):
         get_loss("repo")(chosen, rejected, gamma=[0.1, 0.2])
-
-
-# ---- the active fraction ----
-
-def test_active_fraction_is_the_share_of_pairs_below_their_gamma():
-    # 0.1 < 0.5 and 0.2 < 0.3 are active; 0.5 is not below 0.5; 0.9 is not below 0.3.
-    assert losses.active_fraction([0.1, 0.5, 0.2, 0.9], [0.5, 0.5, 0.3, 0.3]) == 0.5
-
-
-def test_active_fraction_of_no_pairs_is_none():
-    assert losses.active_fraction([], []) is None
-
-
-def test_active_fraction_refuses_mismatched_lengths():
-    with pytest.raises(ValueError, match="3 margins but 2 gammas"):
-        losses.active_fraction([0.1, 0.2, 0.3], [0.5, 0.5])

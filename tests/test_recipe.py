@@ -140,19 +140,27 @@ def test_gammapo_with_a_loss_other_than_simpo_is_refused(tmp_path):
                             f"needs loss.name: simpo (got {loss})"]
 
 
-def test_gammapo_takes_the_simpo_loss_beta_and_the_run_seed(tmp_path):
-    from selfplay.control import build_controller
+def test_gammapo_targets_take_the_simpo_loss_beta_and_the_run_seed(tmp_path):
+    from selfplay.control import build_controller, build_pair_targets
+    from selfplay.losses import get_loss
+
+    def targets_of(recipe):  # as the loop builds the trainer's
+        beta = get_loss(recipe.loss.name).resolve_beta(recipe.loss.beta)
+        return build_pair_targets(recipe.gamma, beta, recipe.loop.seed)
 
     path = tmp_path / "r.yaml"
     path.write_text(MINIMAL + "loss: {name: simpo, beta: 10}\ngamma: {controller: gammapo}\n"
                     "loop: {seed: 3}\n")
     recipe = load(path)
-    controller = build_controller(recipe.gamma, recipe.loop.iterations)
-    assert controller.beta == 10.0 and controller.value == 0.5 and controller.tau == 10.0
-    assert controller.queue != build_controller(load(path, ["loop.seed=4"]).gamma, 1).queue
-    # loss.beta omitted: simpo's default; the binding is not a recipe field.
+    targets = targets_of(recipe)
+    assert targets.beta == 10.0 and targets.tau == 10.0
+    assert build_controller(recipe.gamma, recipe.loop.iterations).value == 0.5
+    assert targets.queue != targets_of(load(path, ["loop.seed=4"])).queue
+    # loss.beta omitted: simpo's default.
     recipe = load(path, ["loss.beta=null"])
-    assert build_controller(recipe.gamma, 1).beta == 2.0
+    assert targets_of(recipe).beta == 2.0
+    assert targets_of(load(path, ["gamma.controller=fixed", "loss.name=repo",
+                                  "loss.beta=null"])) is None
     assert recipe.to_dict()["gamma"] == {"controller": "gammapo", "value": 0.5, "tau": 10.0}
     problems = problems_of(tmp_path, MINIMAL + "loss: {name: simpo}\n"
                            "gamma: {controller: gammapo, beta: 10}\n")

@@ -100,7 +100,7 @@ def test_errors_inside_a_timed_call_keep_their_message():
 
 
 def test_rewarder_metrics_are_prefixed_numbers_and_a_failing_one_is_named():
-    from rewarders.base import rewarder_metrics
+    from rewarders.base import PluginRewarder, rewarder_metrics
 
     class Reports(Returns):
         def metrics(self):
@@ -108,8 +108,17 @@ def test_rewarder_metrics_are_prefixed_numbers_and_a_failing_one_is_named():
                 raise self.value
             return {"unparsed": 2, "share": 0.5}
 
-    assert rewarder_metrics(Reports([1.0]), "mine") == {"reward_unparsed": 2.0,
-                                                        "reward_share": 0.5}
-    assert rewarder_metrics(Returns([1.0]), "mine") == {}
+    assert rewarder_metrics(PluginRewarder(Reports([1.0])), "mine") == {"reward_unparsed": 2.0,
+                                                                        "reward_share": 0.5}
+    assert rewarder_metrics(PluginRewarder(Returns([1.0])), "mine") == {}
     with pytest.raises(RewardError, match="rewarder 'mine': metrics\\(\\) failed: KeyError"):
-        rewarder_metrics(Reports(KeyError("x")), "mine")
+        rewarder_metrics(PluginRewarder(Reports(KeyError("x"))), "mine")
+
+
+def test_a_plugin_with_only_score_gets_the_whole_interface():
+    from rewarders.base import Rewarder
+
+    loaded = load_rewarder(f"{__name__}:Returns", {"value": [0.5]})
+    assert isinstance(loaded, Rewarder) and loaded.score(["p"], ["c"], [{}]) == [0.5]
+    loaded.bind_policy(object())  # a no-op, not an AttributeError
+    assert loaded.metrics() == {} and loaded.unavailable({"row": 1}) is None

@@ -91,4 +91,4 @@ def test_bind_policy_reaches_parts_that_take_it():
                                                        {"name": f"{__name__}:Binds"}]})
     engine = object()
     combined.bind_policy(engine)
-    assert combined.parts[1][1].engine is engine
+    assert combined.parts[1][1].plugin.engine is engine

@@ -9,8 +9,9 @@ import torch
 from selfplay.types import Completion, Pair
 from selfplay.recipe import TrainConfig
 from selfplay.train.logps import CompletionLogps, pad_batch
-from selfplay.train.trainer import (Trainer, _init_process_group, _interleave,
-                                    total_optimizer_steps)
+from selfplay.train.ranks import init_process_group, interleave
+from selfplay.train.schedule import total_optimizer_steps
+from selfplay.train.trainer import Trainer
 
 
 def make_pairs(count, seed=0):
@@ -24,11 +25,11 @@ def make_pairs(count, seed=0):
     return pairs
 
 
-def make_trainer(model_dir, **overrides):
+def make_trainer(model_dir, pair_targets=None, **overrides):
     config = TrainConfig(**{"lr": 1e-3, "micro_batch_size": 4, "warmup_ratio": 0.0,
                             "lr_schedule": "constant", **overrides})
     return Trainer(str(model_dir), config, loss_name="repo", beta=None, seed=0, pad_id=0,
-                   iterations=25, pairs_per_iteration=16)
+                   iterations=25, pairs_per_iteration=16, pair_targets=pair_targets)
 
 
 def weights(trainer):
@@ -205,7 +206,7 @@ def test_dpo_reference_under_zero3_and_bf16(tiny_model_dir, stage, precision):
 @pytest.mark.parametrize("count, world", [(7, 2), (3, 4), (8, 3), (0, 2)])
 def test_interleave_undoes_each_ranks_every_nth_share(count, world):
     items = list(range(count))
-    assert _interleave([items[rank::world] for rank in range(world)]) == items
+    assert interleave([items[rank::world] for rank in range(world)]) == items
 
 
 def test_several_ranks_need_their_rendezvous_from_whoever_starts_them(monkeypatch):
@@ -215,13 +216,13 @@ def test_several_ranks_need_their_rendezvous_from_whoever_starts_them(monkeypatc
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.delenv("MASTER_PORT", raising=False)
     with pytest.raises(RuntimeError, match="WORLD_SIZE=2 needs MASTER_PORT"):
-        _init_process_group()
+        init_process_group()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_one_rank_state_dict_numpy_is_a_copy_of_its_weights(tiny_model_dir, precision):
     trainer = make_trainer(tiny_model_dir, precision=precision)
-    assert (trainer.rank, trainer.world_size) == (0, 1)
+    assert (trainer.rank, trainer.ranks.world_size) == (0, 1)
     state = trainer.state_dict_numpy()
     expected = weights(trainer)
     assert state.keys() == expected.keys()
@@ -232,3 +233,26 @@ def test_one_rank_state_dict_numpy_is_a_copy_of_its_weights(tiny_model_dir, prec
     trainer.train(make_pairs(4), gamma=0.5, iteration=1)
     changed = weights(trainer)
     assert any(not numpy.array_equal(state[k], changed[k].float().numpy()) for k in state)
+
+
+def test_gammapo_targets_are_the_trainers_and_are_saved_with_it(tiny_model_dir, tmp_path):
+    """γ crosses in as a number; the per-pair targets around it are the trainer's own object,
+    whose state (queue, generator) goes into the trainer's checkpoint and comes back on load."""
+    from selfplay.control import GammaPOTargets
+
+    def make(seed):
+        return Trainer(str(tiny_model_dir), TrainConfig(lr=1e-3, micro_batch_size=4),
+                       loss_name="simpo", beta=10.0, seed=0, pad_id=0, iterations=4,
+                       pairs_per_iteration=8,
+                       pair_targets=GammaPOTargets(beta=10.0, tau=10.0, seed=seed))
+
+    trainer = make(seed=0)
+    stats = trainer.train(make_pairs(8), gamma=0.5, iteration=1)
+    # Per-pair targets around γ = 0.5, and every margin joined the queue (8 initial + 8).
+    assert len(set(stats.gammas)) > 1 and len(trainer.pair_targets.queue) == 16
+    trainer.save(str(tmp_path / "ckpt"))
+    restored = make(seed=99)  # another seed: the state must come from the checkpoint
+    restored.load(str(tmp_path / "ckpt"))
+    assert restored.pair_targets.state_dict() == trainer.pair_targets.state_dict()
+    assert (restored.train(make_pairs(8, seed=1), gamma=0.5, iteration=2).gammas
+            == trainer.train(make_pairs(8, seed=1), gamma=0.5, iteration=2).gammas)

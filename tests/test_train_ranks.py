@@ -31,14 +31,31 @@ WEIGHT_TOLERANCE = 1e-5
 SCORE_TOLERANCE = 1e-5  # losses, margins, γ, gradient norms: relative to max(1, |value|)
 
 
-def micro_batch_gammas(margins):
-    """One γ per pair that depends on the whole micro-batch (as GammaPO's does): a rank that saw
+class Targets:
+    """Per-pair targets as the trainer owns them (γ-PO's interface): margins and γ in, one target
+    per pair out; no state to save."""
+
+    def __init__(self, rule):
+        self.rule = rule
+
+    def __call__(self, margins, gamma):
+        return self.rule(margins, gamma)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def micro_batch_targets(margins, gamma):
+    """One γ per pair that depends on the whole micro-batch (as γ-PO's does): a rank that saw
     only its own share would compute other values."""
     mean = sum(margins) / len(margins)
-    return [3.0 + 0.1 * (margin - mean) + 0.01 * len(margins) for margin in margins]
+    return [gamma + 0.1 * (margin - mean) + 0.01 * len(margins) for margin in margins]
 
 
-def alternate_active_gammas(margins):
+def alternate_active_targets(margins, gamma):
     """Pairs at even positions of the micro-batch active (M < γ), odd ones filtered: with 2 ranks
     rank 0 holds only active pairs and rank 1 none, so a count of one rank's own active pairs
     would scale RePO's `active` reduction wrongly."""
@@ -54,13 +71,12 @@ def scenarios(model_dir, checkpoint_dir=None, export_dir=None):
 
     # 8 pairs in micro-batches of 4: 2 pairs per rank per micro-batch, ZeRO-2, a γ per pair that
     # needs the whole micro-batch's margins.
-    trainer = make_trainer(model_dir, zero_stage=2)
+    trainer = make_trainer(model_dir, zero_stage=2, pair_targets=Targets(micro_batch_targets))
     results["zero2"] = {
-        "stats": [_train(trainer, make_pairs(8), micro_batch_gammas, iteration)
-                  for iteration in (1, 2)],
+        "stats": [_train(trainer, make_pairs(8), 3.0, iteration) for iteration in (1, 2)],
         "margins": trainer.margins(make_pairs(8)),
         "weights": trainer.state_dict_numpy(),
-        "rank": (trainer.rank, trainer.world_size)}
+        "rank": (trainer.rank, trainer.ranks.world_size)}
 
     # 7 pairs, micro-batches of 3 in windows of 6: micro-batches split 2/1, then a window of one
     # pair that the second rank has no share of. DPO: the reference log-probs are split too.
@@ -75,10 +91,10 @@ def scenarios(model_dir, checkpoint_dir=None, export_dir=None):
     config = TrainConfig(lr=1e-3, micro_batch_size=4, warmup_ratio=0.0, lr_schedule="constant",
                          zero_stage=2)
     trainer = Trainer(str(model_dir), config, loss_name="repo", beta=None, seed=0, pad_id=0,
-                      iterations=25, pairs_per_iteration=16, reduction="active")
+                      iterations=25, pairs_per_iteration=16, reduction="active",
+                      pair_targets=Targets(alternate_active_targets))
     results["repo_active"] = {
-        "stats": [_train(trainer, make_pairs(8), alternate_active_gammas, iteration)
-                  for iteration in (1, 2)],
+        "stats": [_train(trainer, make_pairs(8), 0.5, iteration) for iteration in (1, 2)],
         "margins": trainer.margins(make_pairs(8)),
         "weights": trainer.state_dict_numpy()}
 

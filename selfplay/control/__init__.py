@@ -21,10 +21,12 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from selfplay.schema import Section
+from selfplay.stats import active_fraction
 
-__all__ = ["CONTROLLERS", "AdaptiveConfig", "AdaptiveGamma", "FixedConfig", "FixedGamma",
-           "GammaController", "GammaPO", "GammaPOConfig", "MarginObservation",
-           "ScheduleConfig", "ScheduledGamma", "build_controller"]
+__all__ = ["CONFIGS", "CONTROLLERS", "REGISTRY", "AdaptiveConfig", "AdaptiveGamma",
+           "FixedConfig", "FixedGamma", "GammaController", "GammaPO", "GammaPOConfig",
+           "GammaPOTargets", "MarginObservation", "ScheduleConfig", "ScheduledGamma",
+           "build_controller", "build_pair_targets"]
 
 
 # --- configuration: one model per controller ------------------------------------------------
@@ -80,10 +82,6 @@ class MarginObservation:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"observation.{name} must be an int >= 1, got {value!r}")
 
-    @property
-    def n_pairs(self) -> int:
-        return len(self.margins_start)
-
 
 class GammaController(ABC):
     """Interface every γ controller implements."""
@@ -112,13 +110,6 @@ class GammaController(ABC):
     def describe(self) -> dict[str, Any]:
         """What the metrics log records about this controller each iteration."""
         return {"gamma": self.value}
-
-    def pair_gammas(self, margins: Sequence[float]) -> list[float] | float:
-        """γ for each pair of a micro-batch, given their current margins (detached).
-
-        Most controllers use one γ per iteration; per-pair controllers override this.
-        """
-        return self.value
 
     def _check_state(self, state: Mapping[str, Any]) -> None:
         # Loading another controller's state would silently restart or skew the γ trajectory.
@@ -275,7 +266,7 @@ class AdaptiveGamma(GammaController):
                                    for h in self._history] or [np.empty(0)])
 
         ends, starts = carried("end"), carried("start")
-        active = float(np.mean(ends < self._gamma))
+        active = active_fraction(ends, [self._gamma] * len(ends))
         stderr = math.sqrt(target_now * (1.0 - target_now) / len(ends))
         self._last = {"pooled_pairs": len(ends), "active_end_pooled": active, "drift": slope}
         if abs(active - target_now) <= self.band_z * stderr:
@@ -325,22 +316,19 @@ class AdaptiveGamma(GammaController):
 
 
 # γ-PO lives in its own module; imported here, after the base classes it builds on exist.
-from selfplay.control.gammapo import GammaPO, GammaPOConfig  # noqa: E402
+from selfplay.control.gammapo import (GammaPO, GammaPOConfig, GammaPOTargets,  # noqa: E402
+                                      build_pair_targets)
 
-CONTROLLERS: dict[str, type[GammaController]] = {
-    "fixed": FixedGamma,
-    "schedule": ScheduledGamma,
-    "adaptive": AdaptiveGamma,
-    "gammapo": GammaPO,
+# The one list of controllers: name → (its recipe model, its class). The recipe's `gamma` section
+# is the union of the models, tagged by `controller`.
+REGISTRY: dict[str, tuple[type[Section], type[GammaController]]] = {
+    "fixed": (FixedConfig, FixedGamma),
+    "schedule": (ScheduleConfig, ScheduledGamma),
+    "adaptive": (AdaptiveConfig, AdaptiveGamma),
+    "gammapo": (GammaPOConfig, GammaPO),
 }
-
-# Each controller's recipe model, under the same names.
-CONFIGS: dict[str, type[Section]] = {
-    "fixed": FixedConfig,
-    "schedule": ScheduleConfig,
-    "adaptive": AdaptiveConfig,
-    "gammapo": GammaPOConfig,
-}
+CONTROLLERS: dict[str, type[GammaController]] = {name: cls for name, (_, cls) in REGISTRY.items()}
+CONFIGS: dict[str, type[Section]] = {name: config for name, (config, _) in REGISTRY.items()}
 
 
 def build_controller(config: Section, iterations: int) -> GammaController:

@@ -12,7 +12,7 @@ reward gaps ``g_i = β·M_i`` (M: the length-normalised margin, detached)::
     the last B entries of γ (γ of the 20th step, before its update of p) are the batch's targets;
     the batch's gaps join the queue (2048 newest kept; it starts with 8 standard-normal draws)
 
-and the loss is ``−log σ(g_i − γ_i)``: SimPO with a per-pair γ. Here the controller returns
+and the loss is ``−log σ(g_i − γ_i)``: SimPO with a per-pair γ. Here `GammaPOTargets` returns
 ``γ_i / β`` (margin units), which the ``simpo`` loss takes as its per-pair γ, so the recipe pairs
 ``gamma.controller: gammapo`` with ``loss.name: simpo`` and the loss's β.
 
@@ -26,12 +26,12 @@ raises there).
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Literal, Mapping, Optional, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
-from selfplay.control import GammaController, MarginObservation, _finite
+from selfplay.control import FixedGamma, _finite
 from selfplay.schema import Section
 
 QUEUE_SIZE = 2048  # past reward gaps kept (the authors' reward_gap_queue_size)
@@ -48,13 +48,6 @@ class GammaPOConfig(Section):
                          "loss.name: simpo, whose loss.beta is γ-PO's β (the authors: 10).")
     tau: float = Field(10.0, gt=0, description="KL temperature τ (larger: targets closer to "
                        "uniform; the authors: 3–20, mostly 10).")
-    # Not recipe fields: the recipe binds them from loss.beta and loop.seed (`bind`).
-    _loss_beta: Optional[float] = PrivateAttr(None)
-    _seed: int = PrivateAttr(0)
-
-    def bind(self, loss_beta: float, seed: int) -> None:
-        """Gives the controller the loss's β (γ-PO's gaps are β·M) and the run's seed."""
-        self._loss_beta, self._seed = float(loss_beta), int(seed)
 
 
 def gammapo_targets(gaps: np.ndarray, gamma0: float, tau: float) -> np.ndarray:
@@ -76,40 +69,40 @@ def gammapo_targets(gaps: np.ndarray, gamma0: float, tau: float) -> np.ndarray:
     return gammas
 
 
-class GammaPO(GammaController):
-    """γ-PO's per-pair targets (module docstring): ``pair_gammas`` once per micro-batch.
-
-    ``value`` is the mean target γ0 (margin units), fixed over the run. ``beta`` must be the
-    SimPO loss's β; ``seed`` seeds the queue's initial draws and its sampling.
-    """
+class GammaPO(FixedGamma):
+    """The `gammapo` controller: γ is the mean target γ0 (`value`), the same every iteration.
+    The per-pair targets around it are the trainer's (`GammaPOTargets`), because they change
+    with every micro-batch of the update."""
 
     name = "gammapo"
 
-    def __init__(self, config: GammaPOConfig, iterations: int | None = None, *,
-                 beta: float | None = None, seed: int | None = None) -> None:
-        beta = config._loss_beta if beta is None else beta
-        if beta is None:
-            raise ValueError("gammapo needs the simpo loss's beta: build it from a recipe "
-                             "(loss.beta) or pass beta=")
+
+class GammaPOTargets:
+    """γ-PO's per-pair targets (module docstring), owned by the trainer: `__call__` once per
+    micro-batch with its margins and the iteration's γ (the mean target γ0, margin units).
+
+    ``beta`` is the SimPO loss's β (the gaps are β·M); ``seed`` seeds the queue's initial draws
+    and its sampling. The queue and the generator are state: the trainer saves them with its
+    checkpoint, so a resumed run draws exactly what an uninterrupted one would.
+    """
+
+    def __init__(self, *, beta: float, tau: float, seed: int) -> None:
         self.beta = _finite("beta", beta)
         if not self.beta > 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
-        self.gamma0 = _finite("value", config.value)
-        self.tau = config.tau
-        self._rng = np.random.default_rng(config._seed if seed is None else seed)
+        self.tau = _finite("tau", tau)
+        self._rng = np.random.default_rng(seed)
         self._queue: deque[float] = deque(self._rng.standard_normal(INITIAL_ENTRIES).tolist(),
                                           maxlen=QUEUE_SIZE)
-
-    @property
-    def value(self) -> float:
-        return self.gamma0
 
     @property
     def queue(self) -> list[float]:
         """The past reward gaps (β·M), oldest first."""
         return list(self._queue)
 
-    def pair_gammas(self, margins: Sequence[float]) -> list[float]:
+    def __call__(self, margins: Sequence[float], gamma: float) -> list[float]:
+        """The targets (margin units) of a micro-batch's pairs, whose mean over the pool is
+        ``gamma``; the batch's gaps then join the queue."""
         gaps = self.beta * np.asarray(margins, dtype=np.float64)
         size = len(gaps)
         if size == 0:
@@ -119,22 +112,21 @@ class GammaPO(GammaController):
         picked = self._rng.choice(len(queue), size=sample_num, replace=False)
         # Sampled past gaps first, the current batch last (its targets are the last B).
         pool = np.concatenate([np.asarray([queue[i] for i in picked], dtype=np.float64), gaps])
-        gammas = gammapo_targets(pool, self.beta * self.gamma0, self.tau)[-size:]
+        targets = gammapo_targets(pool, self.beta * _finite("gamma", gamma), self.tau)[-size:]
         self._queue.extend(gaps.tolist())
-        return (gammas / self.beta).tolist()
-
-    def update(self, observation: MarginObservation) -> None:
-        pass  # the state changes per micro-batch, in pair_gammas
-
-    def describe(self) -> dict[str, Any]:
-        return {"gamma": self.value, "gamma_queue": len(self._queue)}
+        return (targets / self.beta).tolist()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"controller": self.name, "queue": list(self._queue),
-                "rng": self._rng.bit_generator.state}
+        return {"queue": list(self._queue), "rng": self._rng.bit_generator.state}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._check_state(state)
         queue = [_finite("gammapo state: queue entry", gap) for gap in state["queue"]]
         self._queue = deque(queue, maxlen=QUEUE_SIZE)
         self._rng.bit_generator.state = dict(state["rng"])
+
+
+def build_pair_targets(config: Section, loss_beta: float, seed: int) -> GammaPOTargets | None:
+    """The trainer's per-pair targets for a `gamma` section: γ-PO's, or None (one γ for all)."""
+    if not isinstance(config, GammaPOConfig):
+        return None
+    return GammaPOTargets(beta=loss_beta, tau=config.tau, seed=seed)

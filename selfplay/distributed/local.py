@@ -19,6 +19,10 @@ class LocalPlacement:
 
         return Trainer(model_dir, config, **options)
 
+    def sync_weights(self, trainer, engine) -> None:
+        """The trainer's weights into the engine, in memory."""
+        engine.update_weights(trainer.named_weights())
+
     def actors_rss_mb(self) -> float | None:
         return None  # everything is in this process: rss_mb covers it
 

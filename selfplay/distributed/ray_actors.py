@@ -18,13 +18,27 @@ def _prepare_process(env: dict[str, str]) -> None:
     configure_logging(verbose=False)
 
 
-class TrainerRank:
+class Actor:
+    """What every actor shares: `call` runs a method of the part it holds (or reads an
+    attribute), so the groups fan a Trainer's or an engine's calls out without one wrapper method
+    per call; `pid` lets the placement find the actor's process."""
+
+    part = None
+
+    def call(self, name: str, *args):
+        value = getattr(self.part, name)
+        return value(*args) if callable(value) else value
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class TrainerRank(Actor):
     """One DeepSpeed rank. Every rank receives the same calls with the same arguments; the
     ranks split each micro-batch among themselves (selfplay.train.trainer)."""
 
     def __init__(self, env: dict[str, str]):
         _prepare_process(env)
-        self.trainer = None
 
     def address(self) -> tuple[str, int]:
         """This node's address and a free port: rank 0 publishes them for the process group."""
@@ -37,30 +51,13 @@ class TrainerRank:
         os.environ.update(dist_env)
         from selfplay.train.trainer import Trainer
 
-        self.trainer = Trainer(model_dir, config, **options)
-
-    def train(self, pairs, gamma, iteration: int):
-        """TrainStats, and from rank 0 the state of the γ controller whose bound method `gamma`
-        is (None otherwise): the method arrived pickled, so what the controller changed while
-        training (γ-PO's queue of margins) is on this copy and must go back to the driver."""
-        stats = self.trainer.train(pairs, gamma, iteration, progress=False)
-        owner = getattr(gamma, "__self__", None)
-        if self.trainer.rank != 0 or not all(
-                callable(getattr(owner, name, None)) for name in ("state_dict", "load_state_dict")):
-            return stats, None
-        return stats, owner.state_dict()
-
-    def margins(self, pairs) -> list[float]:
-        return self.trainer.margins(pairs)
-
-    def lr(self) -> float:
-        return self.trainer.lr
+        self.part = Trainer(model_dir, config, **options)
 
     def publish_weights(self):
         """Rank 0 puts the policy's weights (numpy arrays) into the object store and returns
         [ref] (wrapped, so the driver passes the reference on without fetching the weights);
         the other ranks take part in the gather (ZeRO-3) and return None."""
-        state = self.trainer.state_dict_numpy()
+        state = self.part.state_dict_numpy()
         return None if state is None else [ray.put(state)]
 
     def host_weight_group(self, timeout_s: float):
@@ -70,7 +67,7 @@ class TrainerRank:
 
         host = ray.util.get_node_ip_address()
         self._weight_store = host_store(host, timeout_s)
-        return host, self._weight_store.port, self.trainer.weight_spec()
+        return host, self._weight_store.port, self.part.weight_spec()
 
     def open_weight_group(self, size: int, timeout_s: float) -> None:
         from selfplay.distributed.weight_sync import WeightGroup
@@ -80,24 +77,15 @@ class TrainerRank:
     def send_weights(self) -> None:
         """Rank 0 broadcasts the weights to the engines; every rank iterates them, as the
         ZeRO-3 gather needs."""
-        weights = self.trainer.named_weights()
-        if self.trainer.rank == 0:
+        weights = self.part.named_weights()
+        if self.part.rank == 0:
             self.weight_group.send(weights)
         else:
             for _ in weights:
                 pass
 
-    def save(self, directory: str) -> None:
-        self.trainer.save(directory)
 
-    def load(self, directory: str) -> None:
-        self.trainer.load(directory)
-
-    def export(self, out_dir: str, tokenizer) -> None:
-        self.trainer.export(out_dir, tokenizer)
-
-
-class EngineWorker:
+class EngineWorker(Actor):
     """One rollout engine (vLLM's in-process `uni` executor inside the actor: vLLM's own Ray
     executor refuses the CPU platform)."""
 
@@ -105,10 +93,10 @@ class EngineWorker:
         _prepare_process(env)
         from selfplay.rollout import build_engine
 
-        self.engine = build_engine(kind, model_dir, **options)
+        self.part = build_engine(kind, model_dir, **options)
 
     def generate(self, prompts, sampling, seed: int):
-        return self.engine.generate(prompts, sampling, seed, progress=False)
+        return self.part.generate(prompts, sampling, seed, progress=False)
 
     def join_weight_group(self, host: str, port: int, rank: int, size: int, timeout_s: float,
                           spec) -> None:
@@ -117,7 +105,7 @@ class EngineWorker:
         self.weight_group = WeightGroup.join(host, port, rank, size, timeout_s, spec)
 
     def receive_weights(self) -> None:
-        self.engine.update_weights(self.weight_group.receive())
+        self.part.update_weights(self.weight_group.receive())
 
     def update_weights(self, wrapped_ref) -> None:
         import torch
@@ -126,25 +114,12 @@ class EngineWorker:
         with warnings.catch_warnings():  # read-only arrays: reload copies them into parameters
             warnings.simplefilter("ignore", UserWarning)
             tensors = [(name, torch.from_numpy(array)) for name, array in state.items()]
-        self.engine.update_weights(tensors)
-
-    def sequence_logprobs(self, prompt_ids, completion_ids) -> list[float]:
-        return self.engine.sequence_logprobs(prompt_ids, completion_ids)
-
-    def close(self) -> None:
-        self.engine.close()
+        self.part.update_weights(tensors)
 
 
-class RewardWorker:
+class RewardWorker(Actor):
     def __init__(self, env: dict[str, str], name: str, kwargs: dict):
         _prepare_process(env)
         from rewarders.base import load_rewarder
 
-        self.rewarder = load_rewarder(name, kwargs)
-
-    def score(self, prompts, completions, metadata) -> list[float]:
-        return self.rewarder.score(prompts, completions, metadata)
-
-    def metrics(self) -> dict[str, float]:
-        report = getattr(self.rewarder, "metrics", None)
-        return dict(report()) if callable(report) else {}
+        self.part = load_rewarder(name, kwargs)

@@ -138,8 +138,8 @@ class WeightGroup:
                 work.wait()
         except RuntimeError as error:  # gloo's "Connection reset by peer", or a timeout
             text = re.sub(r"^\[[^\]]*\] ", "", " ".join(str(error).split())).split(". ")[0]
-            raise WeightSyncError(f"the weight sync over {self.backend} failed ({text}); the "
-                                  "run directory is intact: run again with --resume") from None
+            raise WeightSyncError(f"the weight sync over {self.backend} failed ({text})"
+                                  ) from None
 
     def _flattened_buckets(self, tensors: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
         """Rank 0 over NCCL: the tensors, as they come, grouped as the engines' `buckets(spec)`

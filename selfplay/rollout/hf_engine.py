@@ -1,7 +1,7 @@
 """Transformers `generate` as a rollout engine: the simple fallback (tests, no vLLM).
 
 For a 2-layer toy model it is even faster than vLLM on CPU (vLLM's per-step overhead
-dominates); for real models vLLM is ~2x faster (see PLATFORM.md).
+dominates); for real models vLLM is ~2x faster.
 """
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from typing import Iterable
 
 import torch
 
+from selfplay.data import check_prompt_lengths
 from selfplay.rollout.base import RolloutEngine
 from selfplay.tokens import pad_token_id
-from selfplay.types import Completion, Rollout, SamplingConfig
+from selfplay.types import GREEDY_TEMPERATURE, Completion, Rollout, SamplingConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -31,10 +32,8 @@ class HFEngine(RolloutEngine):
     def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int,
                  progress: bool = False) -> list[Rollout]:
         encoded = [self.tokenizer(p)["input_ids"] for p in prompts]
-        for ids in encoded:
-            if len(ids) + sampling.max_new_tokens > self.max_model_len:
-                raise ValueError(f"a prompt of {len(ids)} tokens plus max_new_tokens exceeds "
-                                 f"rollout.max_model_len={self.max_model_len}")
+        check_prompt_lengths([len(ids) for ids in encoded], self.max_model_len,
+                             sampling.max_new_tokens, "prompts")
         rollouts = []
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -45,7 +44,7 @@ class HFEngine(RolloutEngine):
                 mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch])
                 out = self.model.generate(
                     input_ids=input_ids, attention_mask=mask, do_sample=True,
-                    temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
+                    temperature=max(sampling.temperature, GREEDY_TEMPERATURE), top_p=sampling.top_p, top_k=0,
                     max_new_tokens=sampling.max_new_tokens, num_return_sequences=sampling.n,
                     pad_token_id=self.pad_id, eos_token_id=self.eos_id)
                 new_tokens = out[:, width:].tolist()

@@ -1,5 +1,5 @@
-"""The DeepSpeed trainer: preference pairs in, one policy update out. The only module that
-imports DeepSpeed.
+"""The DeepSpeed trainer: preference pairs in, one policy update out. With train/ranks.py the
+only code that imports DeepSpeed.
 
 The trainer never branches on the loss name: it asks the loss registry for a function and feeds
 it the log-likelihoods of chosen and rejected completions, computed in one forward pass, in the
@@ -8,35 +8,28 @@ normalisation the loss declares (per-token means or sums).
 from __future__ import annotations
 
 import copy
-import datetime
-import math
-import os
-import socket
+import json
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import numpy
 import torch
 from tqdm.auto import tqdm
 
-from selfplay.losses import get_loss
-from selfplay.seeding import epoch_seed
-from selfplay.types import Pair
+from selfplay.losses import get_loss, scale_to_active
 from selfplay.recipe import TrainConfig
 from selfplay.runtime import choose_accelerator, quiet_stdout
+from selfplay.seeding import epoch_seed
 from selfplay.train.logps import CompletionLogps, pad_batch
+from selfplay.train.ranks import Ranks, fill_gaps, init_process_group, interleave
+from selfplay.train.schedule import lr_multiplier, total_optimizer_steps
+from selfplay.types import Pair, TrainStats
 
+if TYPE_CHECKING:
+    from selfplay.control import GammaPOTargets
 
-GammaFn = Callable[[Sequence[float]], "float | list[float]"]
-
-
-@dataclass
-class TrainStats:
-    loss: float
-    margins: list[float]         # per pair, as first seen in this update (before its own step)
-    gammas: list[float]          # per pair, the γ its loss used when first seen
-    steps: int                   # optimizer steps taken
-    tokens: int                  # tokens through forward + backward
+PAIR_TARGETS_FILE = "pair_targets.json"
 
 
 @dataclass
@@ -48,71 +41,10 @@ class _MicroStep:
     tokens: int
 
 
-def _init_process_group() -> None:
-    """DeepSpeed needs a process group even for one rank: gloo on CPU, NCCL on CUDA.
-
-    One rank (WORLD_SIZE unset or 1) sets its own defaults, on a free port. N ranks: whoever starts
-    them sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT. Collectives time out
-    after SELFPLAY_DIST_TIMEOUT_S seconds (300) so that a dead peer ends the run instead of hanging
-    it. Leaves nothing behind in /dev/shm.
-    """
-    import deepspeed
-    import torch.distributed as dist
-
-    if os.environ.get("WORLD_SIZE", "1") == "1":
-        for key, value in {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "LOCAL_RANK": "0",
-                           "WORLD_SIZE": "1"}.items():
-            os.environ.setdefault(key, value)
-    else:
-        missing = [key for key in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-                   if key not in os.environ]
-        if missing:
-            raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} needs {', '.join(missing)} "
-                               "set by whoever starts the trainer ranks")
-    # LOCAL_SIZE == WORLD_SIZE makes DeepSpeed's CPU comm op create a 69 MB /dev/shm buffer per
-    # rank that it never removes; training all-reduces through the process group without it.
-    os.environ.pop("LOCAL_SIZE", None)
-    if dist.is_initialized():  # the rollout engine may have set up the group already
-        return
-    if "MASTER_PORT" not in os.environ:
-        with socket.socket() as probe:  # a free port, so parallel runs do not collide
-            probe.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    timeout = datetime.timedelta(seconds=int(os.environ.get("SELFPLAY_DIST_TIMEOUT_S", 300)))
-    deepspeed.init_distributed(dist_backend=backend, timeout=timeout, verbose=False)
-
-
-def _interleave(parts: Sequence[Sequence[Any]]) -> list[Any]:
-    """Undoes `items[rank::world]`: part r holds positions r, r + world, ... of the whole."""
-    whole: list[Any] = [None] * sum(len(part) for part in parts)
-    for rank, part in enumerate(parts):
-        whole[rank::len(parts)] = part
-    return whole
-
-
 def _frozen_copy(policy: CompletionLogps, precision: str) -> CompletionLogps:
     """The policy as it is now, for reference log-probs: no gradient, eval mode, working dtype."""
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     return reference.to(torch.bfloat16) if precision == "bf16" else reference
-
-
-def total_optimizer_steps(config: TrainConfig, iterations: int, pairs_per_iteration: int) -> int:
-    """Optimizer steps of a whole run: each iteration's pairs in windows of
-    micro_batch_size × grad_accum, `epochs_per_iteration` times (the schedule's length)."""
-    windows = -(-pairs_per_iteration // (config.micro_batch_size * config.grad_accum))
-    return iterations * config.epochs_per_iteration * windows
-
-
-def lr_multiplier(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
-    if warmup_steps and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    if schedule == "linear":
-        return 1.0 - progress
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class Trainer:
@@ -126,24 +58,29 @@ class Trainer:
     working dtype (fp32, or bf16 with `precision: bf16`), not sharded by ZeRO, and one no-grad
     forward per pair per update. Other losses build none and pay nothing. The reference is the
     weights in `model_dir`, so a resumed run rebuilds the same one.
+
+    `pair_targets` (γ-PO) turns each micro-batch's margins and the iteration's γ into one target
+    per pair; the trainer owns it because it changes with every micro-batch, and saves its state
+    with the weights.
     """
 
     def __init__(self, model_dir: str, config: TrainConfig, *, loss_name: str,
                  beta: float | None, seed: int, pad_id: int, iterations: int,
-                 pairs_per_iteration: int, reduction: str = "all"):
+                 pairs_per_iteration: int, reduction: str = "all",
+                 pair_targets: GammaPOTargets | None = None):
         choose_accelerator()  # before deepspeed loads: it reads DS_ACCELERATOR once, at import
         import deepspeed
         from transformers import AutoModelForCausalLM
 
         total_steps = total_optimizer_steps(config, iterations, pairs_per_iteration)
         with quiet_stdout():  # DeepSpeed print()s "op built successfully" on every start
-            _init_process_group()
-        import torch.distributed as dist
-        self._rank, self._world_size = dist.get_rank(), dist.get_world_size()
+            init_process_group()
+        self.ranks = Ranks()
         self.config = config
         self.loss_fn = get_loss(loss_name)
         self.beta = beta
         self.reduction = reduction  # the loss's average: over all pairs, or the active ones
+        self.pair_targets = pair_targets
         self.seed = seed
         self.pad_id = pad_id
         self.total_steps = total_steps
@@ -166,7 +103,7 @@ class Trainer:
         ds_config = {
             # Bookkeeping only (this trainer calls backward and step itself): each rank's share of
             # a micro-batch.
-            "train_micro_batch_size_per_gpu": -(-config.micro_batch_size // self._world_size),
+            "train_micro_batch_size_per_gpu": -(-config.micro_batch_size // self.ranks.world_size),
             "gradient_accumulation_steps": config.grad_accum,
             "gradient_clipping": config.max_grad_norm,
             "zero_optimization": {"stage": config.zero_stage},
@@ -189,24 +126,7 @@ class Trainer:
     @property
     def rank(self) -> int:
         """This process's rank in the data-parallel world (0 for one process)."""
-        return self._rank
-
-    @property
-    def world_size(self) -> int:
-        """How many data-parallel ranks train together (1 for one process)."""
-        return self._world_size
-
-    def _all_gather(self, value: Any) -> list[Any]:
-        """Every rank's `value`, in rank order, on every rank (small Python objects only)."""
-        import torch.distributed as dist
-
-        gathered: list[Any] = [None] * self._world_size
-        dist.all_gather_object(gathered, value)
-        return gathered
-
-    def _own(self, ids: Sequence[int]) -> list[int]:
-        """This rank's share of a micro-batch: every world_size-th pair, from its rank on."""
-        return list(ids[self._rank::self._world_size])
+        return self.ranks.rank
 
     # --- log-probs -------------------------------------------------------------------------
     def _batch(self, pairs: list[Pair]) -> dict[str, torch.Tensor]:
@@ -242,13 +162,13 @@ class Trainer:
         None when the loss needs no reference."""
         if self.reference is None:
             return None
-        if self._world_size == 1:
+        if not self.ranks.several:
             return self._reference_scores(pairs)
-        own = self._own(range(len(pairs)))
+        own = self.ranks.own(range(len(pairs)))
         scores = self._reference_scores([pairs[i] for i in own]) if own else None
         chosen = torch.empty(len(pairs), dtype=torch.float32)
         rejected = torch.empty(len(pairs), dtype=torch.float32)
-        for ids, part in self._all_gather(
+        for ids, part in self.ranks.all_gather(
                 (own, None if scores is None else tuple(t.cpu() for t in scores))):
             if ids:
                 chosen[ids], rejected[ids] = part
@@ -266,7 +186,7 @@ class Trainer:
         out: list[float | None] = [None] * len(pairs)
         for start in range(0, len(pairs), self.config.micro_batch_size):
             ids = range(start, min(start + self.config.micro_batch_size, len(pairs)))
-            own = self._own(ids)
+            own = self.ranks.own(ids)
             # A rank without a pair here still runs a forward: under ZeRO-3 it gathers
             # parameters together with the others.
             some = [pairs[i] for i in (own or ids[:1])]
@@ -281,45 +201,44 @@ class Trainer:
                                       ref_rejected_logps=ref_rejected).margins.tolist()
             for i, value in zip(own, values):
                 out[i] = value
-        if self._world_size > 1:
-            for part in self._all_gather(out):
-                out = [mine if mine is not None else theirs for mine, theirs in zip(out, part)]
+        if self.ranks.several:
+            out = fill_gaps(out, self.ranks.all_gather(out))
         return out
 
     # --- the update ------------------------------------------------------------------------
-    def train(self, pairs: list[Pair], gamma: float | GammaFn, iteration: int,
+    def train(self, pairs: list[Pair], gamma: float, iteration: int,
               progress: bool = False) -> TrainStats:
         """One update on this iteration's pairs; each optimizer step averages its window's pairs.
 
-        `gamma` is one value, or a function from a micro-batch's current margins to one γ or one
-        per pair (the per-pair and per-step controllers); it always sees the whole micro-batch.
+        `gamma` is the iteration's γ; with `pair_targets` (γ-PO) it is the mean of the per-pair
+        targets, which are computed from the whole micro-batch's margins.
 
         With N ranks every rank calls this with the same arguments: each micro-batch is split
         among them (rank r takes every N-th pair from the r-th), their gradients are averaged,
         and every rank returns the same TrainStats, which match one rank's up to summation order.
         """
-        micro = self.config.micro_batch_size
+        gamma = float(gamma)
+        micro, world = self.config.micro_batch_size, self.ranks.world_size
         first_margins: list[float | None] = [None] * len(pairs)
         first_gammas: list[float | None] = [None] * len(pairs)
-        gamma_fn = gamma if callable(gamma) else (lambda margins: gamma)
         reference = self._reference_logps(pairs)  # once per pair, before any step
         losses, tokens, steps = [], 0, 0
         self.engine.train()
         micro_batches = self.config.epochs_per_iteration * -(-len(pairs) // micro)
         bar = tqdm(total=micro_batches, desc=f"train iter {iteration}", leave=False,
-                   disable=not progress or self._rank != 0, unit="batch")
+                   disable=not progress or self.rank != 0, unit="batch")
         for epoch, window in self._windows(len(pairs), iteration):
             for micro_start in range(0, len(window), micro):
                 ids = window[micro_start:micro_start + micro]
-                own = self._own(ids)
+                own = self.ranks.own(ids)
                 # A rank without a pair here still steps through forward and backward (on one
                 # pair, with weight 0): DeepSpeed reduces gradients across ranks collectively.
                 used = own or ids[:1]
                 # Weight by the micro-batch's share of its window so that a short last window
                 # still averages over its own pairs; × world size because DeepSpeed averages
                 # the ranks' gradients.
-                out = self._micro_step([pairs[i] for i in used], gamma_fn,
-                                       share=len(own) * self._world_size / len(window),
+                out = self._micro_step([pairs[i] for i in used], gamma,
+                                       share=len(own) * world / len(window),
                                        boundary=micro_start + micro >= len(window),
                                        counted=bool(own),
                                        reference=None if reference is None else
@@ -332,15 +251,12 @@ class Trainer:
                         first_margins[i], first_gammas[i] = margin, pair_gamma
             steps += 1
         bar.close()
-        if self._world_size > 1:
-            parts = self._all_gather((losses, tokens, first_margins, first_gammas))
+        if self.ranks.several:
+            parts = self.ranks.all_gather((losses, tokens, first_margins, first_gammas))
             losses = [loss for part in parts for loss in part[0]]
             tokens = sum(part[1] for part in parts)
-            for _, _, margins, gammas in parts:
-                first_margins = [m if m is not None else theirs
-                                 for m, theirs in zip(first_margins, margins)]
-                first_gammas = [g if g is not None else theirs
-                                for g, theirs in zip(first_gammas, gammas)]
+            first_margins = fill_gaps(first_margins, [part[2] for part in parts])
+            first_gammas = fill_gaps(first_gammas, [part[3] for part in parts])
         return TrainStats(loss=sum(losses) / (len(pairs) * self.config.epochs_per_iteration),
                           margins=[float(m) for m in first_margins],
                           gammas=[float(g) for g in first_gammas], steps=steps, tokens=tokens)
@@ -354,24 +270,35 @@ class Trainer:
             for start in range(0, count, window):
                 yield epoch, order[start:start + window]
 
-    def _micro_gammas(self, gamma_fn: GammaFn, margins: list[float], counted: bool
-                      ) -> tuple[float | list[float], tuple[int, int] | None]:
-        """γ for this rank's pairs, from `gamma_fn` applied to the whole micro-batch's margins
-        (a per-pair controller may weigh each pair against the others); with several ranks also
-        the whole micro-batch's (pairs, active pairs), for a loss averaged over active pairs."""
-        if self._world_size == 1:
-            return gamma_fn(margins), None
-        whole = _interleave(self._all_gather(margins if counted else []))
-        gammas = gamma_fn(whole)
-        # float32 like the loss's own `M < γ`, so both count the same pairs.
-        active = int((torch.tensor(whole, dtype=torch.float32)
-                      < torch.tensor(gammas, dtype=torch.float32)).sum())
-        whole_batch = (len(whole), active)
-        if not isinstance(gammas, list):
-            return gammas, whole_batch
-        return (gammas[self._rank::self._world_size] if counted else gammas[:1]), whole_batch
+    def _pair_gammas(self, gamma: float, margins: list[float], counted: bool
+                     ) -> float | list[float]:
+        """γ for this rank's pairs: `gamma` itself, or with `pair_targets` the targets computed
+        from the whole micro-batch's margins (each weighed against the others) — every rank
+        computes the same targets and keeps its share."""
+        if self.pair_targets is None:
+            return gamma
+        if not self.ranks.several:
+            return self.pair_targets(margins, gamma)
+        whole = interleave(self.ranks.all_gather(margins if counted else []))
+        targets = self.pair_targets(whole, gamma)
+        return targets[self.rank::self.ranks.world_size] if counted else targets[:1]
 
-    def _micro_step(self, pairs: list[Pair], gamma_fn: GammaFn, *, share: float, boundary: bool,
+    def _loss(self, chosen: torch.Tensor, rejected: torch.Tensor, gammas: float | list[float],
+              reference: tuple[torch.Tensor, torch.Tensor] | None, counted: bool):
+        """The loss of this rank's share; an `active` reduction over several ranks divides by
+        the whole micro-batch's active count (the shares' own counts, summed)."""
+        ref_chosen, ref_rejected = reference if reference is not None else (None, None)
+        several_active = self.reduction == "active" and self.ranks.several
+        out = self.loss_fn(chosen, rejected, gamma=gammas, beta=self.beta,
+                           ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected,
+                           reduction="all" if several_active else self.reduction)
+        if not several_active:
+            return out.loss, out
+        counts = self.ranks.all_gather((len(chosen), out.n_active) if counted else (0, 0))
+        pairs, active = (sum(count[k] for count in counts) for k in (0, 1))
+        return scale_to_active(out.loss, pairs, active), out
+
+    def _micro_step(self, pairs: list[Pair], gamma: float, *, share: float, boundary: bool,
                     counted: bool = True,
                     reference: tuple[torch.Tensor, torch.Tensor] | None = None) -> _MicroStep:
         """Forward, loss, backward and (at a window's `boundary`) the optimizer step of one
@@ -380,19 +307,16 @@ class Trainer:
         `reference`: the frozen reference's chosen and rejected log-probs of these pairs."""
         chosen, rejected, n_tokens = self._logps(pairs)
         chosen, rejected = chosen.float(), rejected.float()
-        gammas, whole_batch = self._micro_gammas(gamma_fn, (chosen - rejected).detach().tolist(),
-                                                 counted)
-        ref_chosen, ref_rejected = reference if reference is not None else (None, None)
-        out = self.loss_fn(chosen, rejected, gamma=gammas, beta=self.beta,
-                           ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected,
-                           reduction=self.reduction, whole_batch=whole_batch)
+        gammas = self._pair_gammas(gamma, (chosen - rejected).detach().tolist(), counted)
+        loss, out = self._loss(chosen, rejected, gammas, reference, counted)
+        self.ranks.check_in()  # before DeepSpeed's reduction, which would wait forever
         self.engine.set_gradient_accumulation_boundary(boundary)
-        self.engine.backward(out.loss * share, scale_wrt_gas=False)
+        self.engine.backward(loss * share, scale_wrt_gas=False)
         self.engine.step()
         if not counted:
             return _MicroStep(loss=0.0, margins=[], gammas=[], tokens=0)
         per_pair = gammas if isinstance(gammas, list) else [gammas] * len(pairs)
-        return _MicroStep(loss=out.loss.item(), margins=out.margins.tolist(),
+        return _MicroStep(loss=loss.item(), margins=out.margins.tolist(),
                           gammas=[float(g) for g in per_pair], tokens=n_tokens)
 
     # --- weights out -----------------------------------------------------------------------
@@ -423,30 +347,32 @@ class Trainer:
         must call it. The working dtype, except bf16 which NumPy lacks: upcast to fp32, exactly."""
         state: dict[str, numpy.ndarray] = {}
         for name, tensor in self.named_weights():
-            if self._rank == 0:
+            if self.rank == 0:
                 dtype = torch.float32 if tensor.dtype == torch.bfloat16 else tensor.dtype
                 state[name] = tensor.to("cpu", dtype=dtype, copy=True).numpy()
-        return state if self._rank == 0 else None
+        return state if self.rank == 0 else None
 
     def export(self, out_dir: str, tokenizer) -> None:
         """A Hugging Face directory that transformers and vLLM load as is. Every rank must call
         it; rank 0 writes, and it returns once the directory is complete."""
         state = {}
         for name, tensor in self.named_weights():
-            if self._rank == 0:
+            if self.rank == 0:
                 state[name] = tensor.to(torch.float32).clone()
-        if self._rank == 0:
+        if self.rank == 0:
             self.model.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
             tokenizer.save_pretrained(out_dir)
-        if self._world_size > 1:
-            import torch.distributed as dist
-            dist.barrier()
+        self.ranks.barrier()
 
     # --- checkpoint ------------------------------------------------------------------------
     def save(self, directory: str) -> None:
-        """Model, optimizer and schedule state. Every rank must call it with the same directory:
-        each writes its own optimizer (and under ZeRO-3 parameter) shards into it."""
+        """Model, optimizer, schedule and per-pair-target state. Every rank must call it with the
+        same directory: each writes its own optimizer (and under ZeRO-3 parameter) shards into
+        it; rank 0 the targets' state, which every rank holds the same."""
         self.engine.save_checkpoint(directory, tag="trainer", save_latest=False)
+        if self.pair_targets is not None and self.rank == 0:
+            (Path(directory) / PAIR_TARGETS_FILE).write_text(
+                json.dumps(self.pair_targets.state_dict()))
 
     def load(self, directory: str) -> None:
         """What `save` wrote, with the same world size and ZeRO stage; every rank must call it."""
@@ -455,3 +381,8 @@ class Trainer:
                                               load_lr_scheduler_states=True)
         if path is None:
             raise RuntimeError(f"no trainer state in {directory}")
+        if self.pair_targets is not None:
+            saved = Path(directory) / PAIR_TARGETS_FILE
+            if not saved.exists():
+                raise RuntimeError(f"no per-pair target (γ-PO) state in {directory}")
+            self.pair_targets.load_state_dict(json.loads(saved.read_text()))
