@@ -21,11 +21,11 @@ from selfplay.errors import UserError
 from selfplay.losses import get_loss
 from selfplay.metrics import (MetricsLog, UpdateSummary, build_sinks, finish_record,
                               format_summary, iteration_record, reward_mean_std, rollout_summary)
-from selfplay.pairs import PairStats, best_worst_pairs, offline_pairs
+from selfplay.pairs import PairStats, offline_pairs, self_play_pairs
 from selfplay.recipe import RESUMABLE_CHANGES, Recipe
-from selfplay.runtime import rollout_dtype
+from selfplay.runtime import rollout_dtype, train_precision
 from selfplay.scoring import score_rollouts
-from selfplay.seeding import eval_seed, iteration_seed
+from selfplay.seeding import eval_seed, sampling_seed
 from selfplay.types import Pair, SamplingConfig
 
 
@@ -56,6 +56,7 @@ def run(recipe: Recipe, run_dir: Path, *, resume: bool = False, overwrite: bool 
             echo(f"placement: {loop.placement.describe()}")
         if loop.engine is not None:
             echo("rollout dtype: {} ({})".format(*rollout_dtype(recipe.model.dtype)))
+        echo("train precision: {} ({})".format(*train_precision(recipe.train.precision)))
         if resume:
             if loop.restore():
                 echo(f"resuming {run_dir} after iteration {loop.iteration}")
@@ -131,10 +132,12 @@ class Loop:
             model_dir, recipe.train, loss_name=recipe.loss.name, beta=beta,
             reduction=recipe.loss.reduction,
             seed=recipe.loop.seed, iterations=recipe.loop.iterations,
-            pairs_per_iteration=data.prompts_per_iteration, pad_id=pad_token_id(self.tokenizer),
+            pairs_per_iteration=recipe.pairs_per_iteration(),
+            pad_id=pad_token_id(self.tokenizer),
             # γ-PO's per-pair targets: the trainer's own, with the loss's β and the run's seed.
             pair_targets=build_pair_targets(recipe.gamma, beta, recipe.loop.seed))
         self.iteration = 0
+        self.elapsed_s = 0.0  # seconds of the iterations done (resumed runs: from the checkpoint)
 
     def _check_prompt_lengths(self, table) -> None:
         """Refuses, before any work, a prompt that cannot fit the engine with its completion."""
@@ -167,7 +170,8 @@ class Loop:
             record["actors_rss_mb"] = actors_rss
         self.iteration = iteration
         record["time_checkpoint_s"] = self._checkpoint_if_due(record, started)
-        finish_record(record, started)
+        finish_record(record, started, self.elapsed_s)
+        self.elapsed_s = record["time_elapsed_s"]
         self.metrics.append(record)
         return record
 
@@ -177,31 +181,53 @@ class Loop:
             pairs, stats = offline_pairs(raw_rows, self.tokenizer, self.recipe.data)
             return pairs, stats, {"reward_mean": None, "reward_std": None,
                                   "time_generate_s": 0.0, "time_reward_s": 0.0}
+        return self._self_play_pairs(iteration, self._prompt_rows(raw_rows))
+
+    def _prompt_rows(self, raw_rows: list[dict]) -> list:
         data = self.recipe.data
-        rows = to_prompt_rows(raw_rows, data.prompt_field, self.tokenizer, data.chat_template)
-        return self._self_play_pairs(iteration, rows)
+        return to_prompt_rows(raw_rows, data.prompt_field, self.tokenizer, data.chat_template)
 
     def _self_play_pairs(self, iteration: int, rows: list) -> tuple[list[Pair], PairStats, dict]:
-        """Samples, scores and pairs: the self-play half of an iteration."""
+        """Samples, scores and pairs: the self-play half of an iteration. With
+        `pairs.per_iteration` (dynamic sampling) further rounds of prompts are sampled until the
+        iteration has that many pairs, at most `pairs.max_rounds` rounds."""
         recipe = self.recipe
-        started = time.perf_counter()
-        rollouts = self.engine.generate([r.text for r in rows], self.sampling,
-                                        seed=iteration_seed(recipe.loop.seed, iteration),
-                                        progress=self.progress)
-        time_generate = time.perf_counter() - started
-
-        started = time.perf_counter()
-        rewards = score_rollouts(self.rewarder, recipe.reward.name, rows, rollouts,
-                                 timeout_s=recipe.reward.timeout_s)
-        time_reward = time.perf_counter() - started
-
-        pairs, pair_stats = best_worst_pairs([r.prompt_ids for r in rollouts],
-                                             [r.completions for r in rollouts], rewards,
-                                             recipe.pairs.min_reward_gap)
+        quota = recipe.pairs.per_iteration
+        every_row, every_rollout, every_reward, pairs = [], [], [], []
+        stats, time_generate, time_reward, rounds = PairStats(0, 0, 0), 0.0, 0.0, 0
+        for round_ in range(recipe.pairs.max_rounds if quota else 1):
+            if round_:
+                rows = self._prompt_rows(self.stream.next_batch(recipe.data.prompts_per_iteration))
+            started = time.perf_counter()
+            rollouts = self.engine.generate(
+                [r.text for r in rows], self.sampling,
+                seed=sampling_seed(recipe.loop.seed, iteration, round_), progress=self.progress)
+            time_generate += time.perf_counter() - started
+            started = time.perf_counter()
+            rewards = score_rollouts(self.rewarder, recipe.reward.name, rows, rollouts,
+                                     timeout_s=recipe.reward.timeout_s)
+            time_reward += time.perf_counter() - started
+            made, made_stats = self_play_pairs(
+                recipe.pairs.strategy, [r.prompt_ids for r in rollouts],
+                [r.completions for r in rollouts], rewards, recipe.pairs.min_reward_gap)
+            for pair in made:  # prompts numbered across the rounds
+                pair.prompt_index += len(every_row)
+            every_row += rows
+            every_rollout += rollouts
+            every_reward += rewards
+            pairs += made
+            stats += made_stats
+            rounds += 1
+            if quota is None or len(pairs) >= quota:
+                break
+        if quota is not None and len(pairs) > quota:
+            pairs = pairs[:quota]  # every update the same size: the schedule's length holds
+            stats.n_pairs = quota
         if recipe.logging.save_rollouts:
-            self._write_rollouts(iteration, rows, rollouts, rewards, pairs)
-        return pairs, pair_stats, {
-            **rollout_summary(rollouts, rewards, pairs, time_generate, time_reward),
+            self._write_rollouts(iteration, every_row, every_rollout, every_reward, pairs)
+        return pairs, stats, {
+            **rollout_summary(every_rollout, every_reward, pairs, time_generate, time_reward),
+            "sample_rounds": rounds,
             **rewarder_metrics(self.rewarder, recipe.reward.name),
         }
 
@@ -268,7 +294,7 @@ class Loop:
         # The record goes in too: a kill between the checkpoint and metrics.jsonl loses nothing.
         state = {"iteration": self.iteration, "controller": self.controller.state_dict(),
                  "data": self.stream.state_dict(),
-                 "metrics": finish_record(dict(record), started)}
+                 "metrics": finish_record(dict(record), started, self.elapsed_s)}
         checkpoint.save(self.run_dir / "checkpoints", self.iteration, write, state,
                         keep=loop.keep_checkpoints)
         return time.perf_counter() - began
@@ -288,20 +314,24 @@ class Loop:
         if self.engine is not None:
             self.placement.sync_weights(self.trainer, self.engine)
         self.metrics.rewind(self.iteration, state.get("metrics"))
+        self.elapsed_s = float((state.get("metrics") or {}).get("time_elapsed_s", 0.0))
         return True
 
     def _write_rollouts(self, iteration, rows, rollouts, rewards, pairs) -> None:
-        paired = {p.prompt_index: p for p in pairs}
+        paired: dict[int, list[Pair]] = {}
+        for pair in pairs:
+            paired.setdefault(pair.prompt_index, []).append(pair)
         directory = self.run_dir / "rollouts"
         directory.mkdir(exist_ok=True)
         lines = []
         for index, (row, rollout, scores) in enumerate(zip(rows, rollouts, rewards)):
-            pair = paired.get(index)
+            made = paired.get(index, [])
+            first = made[0] if made else None  # best vs worst, also under all_levels
             lines.append(json.dumps({
                 "prompt": row.raw, "completions": [c.text for c in rollout.completions],
                 "rewards": scores,
-                "chosen": pair.chosen.text if pair else None,
-                "rejected": pair.rejected.text if pair else None}))
+                "chosen": first.chosen.text if first else None,
+                "rejected": first.rejected.text if first else None, "pairs": len(made)}))
         (directory / f"iter-{iteration:04d}.jsonl").write_text("\n".join(lines) + "\n")
 
     def export_final(self) -> Path:

@@ -96,9 +96,12 @@ def iteration_record(iteration: int, gamma_fields: dict, collected: dict, pair_s
     }
 
 
-def finish_record(record: dict, started: float) -> dict:
-    """Adds the iteration's total time and memory, measured now; returns the record."""
+def finish_record(record: dict, started: float, elapsed_before: float = 0.0) -> dict:
+    """Adds the iteration's total time, the run's time so far (`time_elapsed_s`: the seconds of
+    every iteration up to this one, the x axis of quality against minutes) and memory, measured
+    now; returns the record."""
     record["time_total_s"] = time.perf_counter() - started
+    record["time_elapsed_s"] = elapsed_before + record["time_total_s"]
     record["peak_rss_mb"] = peak_rss_mb()
     record["rss_mb"] = rss_mb()
     return record

@@ -1,4 +1,5 @@
-"""Scores -> preference pairs: per prompt, the highest-reward completion against the lowest."""
+"""Scores -> preference pairs: per prompt, the highest-reward completion against the lowest
+(`best_worst`), or one pair for every two distinct reward levels (`all_levels`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,6 +12,38 @@ class PairStats:
     n_prompts: int
     n_pairs: int
     n_dropped: int  # prompts whose samples tie or differ by no more than min_reward_gap
+
+    def __add__(self, other: "PairStats") -> "PairStats":
+        return PairStats(self.n_prompts + other.n_prompts, self.n_pairs + other.n_pairs,
+                         self.n_dropped + other.n_dropped)
+
+
+def level_pairs(prompt_ids: list[list[int]], completions: list[list[Completion]],
+                rewards: list[list[float]], min_reward_gap: float = 0.0
+                ) -> tuple[list[Pair], PairStats]:
+    """Per prompt, one pair for every two distinct reward levels whose gap exceeds
+    `min_reward_gap`: the first completion at the higher level against the first at the lower,
+    highest levels first (n completions give up to n(n-1)/2 pairs)."""
+    pairs, dropped = [], 0
+    for index, (ids, samples, scores) in enumerate(zip(prompt_ids, completions, rewards)):
+        first_at: dict[float, int] = {}
+        for position, score in enumerate(scores):
+            first_at.setdefault(score, position)
+        levels = sorted(first_at, reverse=True)
+        made = [Pair(index, ids, samples[first_at[high]], samples[first_at[low]], high, low)
+                for rank, high in enumerate(levels) for low in levels[rank + 1:]
+                if high - low > min_reward_gap]
+        pairs += made
+        dropped += not made
+    return pairs, PairStats(len(prompt_ids), len(pairs), dropped)
+
+
+def self_play_pairs(strategy: str, prompt_ids: list[list[int]],
+                    completions: list[list[Completion]], rewards: list[list[float]],
+                    min_reward_gap: float = 0.0) -> tuple[list[Pair], PairStats]:
+    """The pairs of `pairs.strategy`."""
+    make = {"best_worst": best_worst_pairs, "all_levels": level_pairs}[strategy]
+    return make(prompt_ids, completions, rewards, min_reward_gap)
 
 
 def best_worst_pairs(prompt_ids: list[list[int]], completions: list[list[Completion]],

@@ -80,9 +80,19 @@ class RewardConfig(Section):
 
 
 class PairsConfig(Section):
-    """Each prompt's highest- against its lowest-reward completion becomes one pair."""
-    min_reward_gap: float = Field(0.0, ge=0, description="Prompts whose best and worst reward "
-                                  "differ by this or less are dropped (ties always are).")
+    strategy: Literal["best_worst", "all_levels"] = Field(
+        "best_worst", description="How a prompt's scored completions become pairs. best_worst: "
+        "one pair, the highest against the lowest reward; all_levels: one pair for every two "
+        "distinct reward levels (the first completion at each), up to n(n-1)/2 per prompt.")
+    min_reward_gap: float = Field(0.0, ge=0, description="Two completions whose rewards differ "
+                                  "by this or less make no pair (ties never do).")
+    per_iteration: Optional[int] = Field(
+        None, ge=1, description="Dynamic sampling (as DAPO): sample further rounds of "
+        "data.prompts_per_iteration prompts until the iteration has this many pairs (then keep "
+        "exactly this many), at most pairs.max_rounds rounds. null: one round, whatever pairs "
+        "it gives (prompts whose answers all score the same give none).")
+    max_rounds: int = Field(4, ge=1, description="Most sampling rounds per iteration when "
+                            "pairs.per_iteration is set.")
 
 
 class LossConfig(Section):
@@ -116,7 +126,10 @@ class TrainConfig(Section):
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     epochs_per_iteration: int = Field(1, gt=0, description="Passes over each iteration's pairs.")
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage.")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="Training precision.")
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32", description="Training precision. auto: bf16 where the hardware runs it fast (a "
+        "CPU with AVX512-BF16 or AMX, a GPU with bf16), else fp32; decided where the trainer "
+        "runs and printed at the start of a run.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the run's optimizer "
                                 "steps spent warming up linearly.")
@@ -210,9 +223,9 @@ class LoggingConfig(Section):
         return self
 
 
-# (section, field) pairs removed from the recipe: pairs.strategy had one value; logging.progress
-# was read by nothing (the CLI's --no-progress turns the bars off).
-REMOVED_FIELDS = (("pairs", "strategy"), ("logging", "progress"))
+# (section, field) pairs removed from the recipe: logging.progress was read by nothing (the
+# CLI's --no-progress turns the bars off).
+REMOVED_FIELDS = (("logging", "progress"),)
 
 
 class Recipe(Section):
@@ -254,11 +267,25 @@ class Recipe(Section):
     def _check_cross_fields(self) -> "Recipe":
         if self.reward is None and (self.mode == "online" or self.eval.prompts):
             raise ValueError("reward: required (online mode and evaluation score completions)")
+        if (self.pairs.strategy == "all_levels" and self.pairs.per_iteration is None
+                and self.train.lr_schedule != "constant"):
+            raise ValueError(f"pairs.strategy: all_levels gives a varying number of pairs, so "
+                             f"train.lr_schedule: {self.train.lr_schedule} cannot know its "
+                             "length; set pairs.per_iteration (or lr_schedule: constant)")
         if isinstance(self.gamma, GammaPOConfig):
             if self.loss.name != "simpo":
                 raise ValueError(f"gamma.controller: gammapo is SimPO with per-pair targets, it "
                                  f"needs loss.name: simpo (got {self.loss.name})")
         return self
+
+    def pairs_per_iteration(self) -> int:
+        """The pairs one update is planned for (the learning-rate schedule's length): the
+        dynamic-sampling quota, else one per prompt (all_levels: at most n(n-1)/2)."""
+        if self.pairs.per_iteration is not None:
+            return self.pairs.per_iteration
+        if self.mode == "online" and self.pairs.strategy == "all_levels":
+            return self.data.prompts_per_iteration * self.rollout.n * (self.rollout.n - 1) // 2
+        return self.data.prompts_per_iteration
 
     def offline_columns(self) -> dict[str, str]:
         """The columns an offline run's prompt file must have besides the prompt, by recipe

@@ -190,6 +190,29 @@ def _plot_reward(ax, records: list[dict]) -> bool:
     return drew
 
 
+def _plot_quality(ax, records: list[dict]) -> bool:
+    """Reward against the run's minutes (`time_elapsed_s`): what the compute bought. The
+    held-out points (`eval.every`) are the ones to compare runs by."""
+    timed = [r for r in records if _number(r, "time_elapsed_s") is not None]
+    drew = False
+    if _has(timed, "reward_mean"):
+        points = [(_number(r, "time_elapsed_s") / 60, _number(r, "reward_mean")) for r in timed
+                  if _number(r, "reward_mean") is not None]
+        ax.plot(*zip(*points), color="tab:blue", label="train reward (mean)", **_style(timed))
+        drew = True
+    if _has(timed, "eval_reward_mean"):
+        points = [(_number(r, "time_elapsed_s") / 60, _number(r, "eval_reward_mean"),
+                   _number(r, "eval_reward_std") or 0.0) for r in timed
+                  if _number(r, "eval_reward_mean") is not None]
+        x, y, err = zip(*points)
+        ax.errorbar(x, y, yerr=err, color="tab:red", marker="s", markersize=5, capsize=3,
+                    linestyle="--", label="held-out reward (mean ± std)")
+        drew = True
+    ax.set_title("Reward against minutes of the run")
+    ax.set_ylabel("reward (rewarder's units)")
+    return drew
+
+
 def _plot_gamma(ax, records: list[dict]) -> bool:
     if not _has(records, "gamma"):
         return False
@@ -281,6 +304,7 @@ def _plot_throughput(ax, records: list[dict]) -> bool:
 
 
 PLOTS = (("reward.png", _plot_reward, "no reward values (offline run without evaluation)"),
+         ("quality.png", _plot_quality, "no rewards with run times (time_elapsed_s)"),
          ("gamma.png", _plot_gamma, "no γ values"),
          ("margins.png", _plot_margins, "no margin quantiles"),
          ("time.png", _plot_time, "no timings"),
@@ -290,8 +314,11 @@ PLOTS = (("reward.png", _plot_reward, "no reward values (offline run without eva
 def _finish_axes(ax, name: str) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    ax.set_xlabel("iteration")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if name == "quality.png":
+        ax.set_xlabel("minutes (the iterations' wall-clock, start-up excluded)")
+    else:
+        ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if name not in ("gamma.png", "time.png") and ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="best")
@@ -306,8 +333,8 @@ def write_report(run_dir: Path | str) -> ReportResult:
     result = ReportResult(run_dir / "report", records)
     result.report_dir.mkdir(exist_ok=True)
 
-    overview = Figure(figsize=(18, 9.5))
-    panels = overview.subplots(2, 3).flatten()
+    overview = Figure(figsize=(24, 9.5))
+    panels = overview.subplots(2, 4).flatten()
     for (name, draw, why_not), panel in zip(PLOTS, panels):
         if draw(panel, records):
             _finish_axes(panel, name)
@@ -315,6 +342,8 @@ def write_report(run_dir: Path | str) -> ReportResult:
             panel.set_axis_off()
             panel.text(0.5, 0.5, f"{name[:-4]}: {why_not}", ha="center", va="center",
                        transform=panel.transAxes, color="gray")
+    for unused in panels[len(PLOTS):-1]:
+        unused.set_axis_off()
     panels[-1].set_axis_off()
     panels[-1].set_title("Summary")
     panels[-1].text(0.0, 0.95, _wrap(summary_line(records).replace(" | ", "\n"), 55),

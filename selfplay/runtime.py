@@ -100,6 +100,15 @@ def rollout_dtype(requested: str) -> tuple[str, str]:
     return "float32", "auto: the CPU has neither AVX512-BF16 nor AMX"
 
 
+def train_precision(requested: str) -> tuple[str, str]:
+    """The trainer's precision for `train.precision` and why: "auto" is bf16 where the hardware
+    runs bf16 matmuls fast (as `rollout_dtype` decides), else fp32."""
+    if requested != "auto":
+        return requested, "set in the recipe"
+    dtype, reason = rollout_dtype("auto")
+    return ("bf16" if dtype == "bfloat16" else "fp32"), reason
+
+
 def is_verbose() -> bool:
     """Whether dependencies may talk: `--verbose` or SELFPLAY_LOG=debug (inherited by workers)."""
     return os.environ.get("SELFPLAY_LOG", "").lower() == "debug"

@@ -76,3 +76,32 @@ def test_the_end_of_update_pass_runs_only_when_something_reads_it(overrides, sco
     record = iteration_record(1, {}, {}, stats, update, 0.0, {})
     assert record["active_fraction_end"] == (1.0 if scored else None)  # 0.3 < γ 0.5
     assert record["margin_end_p50"] == (0.3 if scored else None)
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_samples_more_rounds_until_the_iteration_has_its_pairs(tmp_path):
+    """4 prompts a round, 6 pairs wanted: a second round of 4 prompts (its own seed), exactly 6
+    pairs trained, the prompt cursor 8 further; all_levels gives several pairs per prompt."""
+    import json
+
+    from conftest import run_cli
+
+    run = tmp_path / "run"
+    result = run_cli("run", TINY_RECIPE, "-o", run, "--no-progress", "rollout.engine=hf",
+                     "loop.iterations=2", "data.prompts_per_iteration=4", "pairs.per_iteration=6",
+                     "train.micro_batch_size=3", "eval.prompts=null")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    assert [(r["sample_rounds"], r["n_prompts"], r["n_pairs"]) for r in records] == [(2, 8, 6)] * 2
+    rollouts = [json.loads(line) for line in (run / "rollouts" / "iter-0001.jsonl").open()]
+    assert len(rollouts) == 8 and sum(row["pairs"] for row in rollouts) == 6
+    state = json.loads(next((run / "checkpoints").glob("iter-0002/state.json")).read_text())
+    assert state["data"]["cursor"] == 16
+
+    levels = tmp_path / "levels"
+    result = run_cli("run", TINY_RECIPE, "-o", levels, "--no-progress", "rollout.engine=hf",
+                     "loop.iterations=1", "data.prompts_per_iteration=4",
+                     "pairs.strategy=all_levels", "eval.prompts=null")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((levels / "metrics.jsonl").read_text())
+    assert record["n_prompts"] == 4 and 4 < record["n_pairs"] <= 4 * 6  # n = 4: up to 6 each

@@ -24,3 +24,27 @@ def test_min_reward_gap_drops_close_calls():
 def test_first_of_equal_best_is_chosen_so_runs_repeat():
     pairs, _ = best_worst_pairs([[1]], [completions("a", "b", "c")], [[1.0, 1.0, 0.0]])
     assert pairs[0].chosen.text == "a"
+
+
+def test_all_levels_pairs_every_two_distinct_reward_levels():
+    from selfplay.pairs import level_pairs
+
+    pairs, stats = level_pairs(
+        [[1], [2], [3]],
+        [completions("a", "b", "c", "d"), completions("e", "f"), completions("g", "h", "i")],
+        [[0.5, 1.0, 0.0, 1.0], [0.3, 0.3], [0.2, 0.25, 0.0]], min_reward_gap=0.1)
+    # Prompt 0: levels 1.0 (b, first), 0.5 (a), 0.0 (c): three pairs, highest levels first.
+    # Prompt 1 ties; prompt 2: 0.25 vs 0.2 is within the gap, the other two pairs are not.
+    assert [(p.prompt_index, p.chosen.text, p.rejected.text) for p in pairs] == [
+        (0, "b", "a"), (0, "b", "c"), (0, "a", "c"), (2, "h", "i"), (2, "g", "i")]
+    assert [(p.chosen_reward, p.rejected_reward) for p in pairs[:3]] == [
+        (1.0, 0.5), (1.0, 0.0), (0.5, 0.0)]
+    assert (stats.n_prompts, stats.n_pairs, stats.n_dropped) == (3, 5, 1)
+
+
+def test_the_strategies_share_one_entry_point():
+    from selfplay.pairs import self_play_pairs
+
+    args = ([[1]], [completions("a", "b", "c")], [[0.0, 0.5, 1.0]])
+    assert len(self_play_pairs("best_worst", *args)[0]) == 1
+    assert len(self_play_pairs("all_levels", *args)[0]) == 3

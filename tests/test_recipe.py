@@ -178,3 +178,23 @@ def test_the_active_reduction_is_repo_only(tmp_path):
                         "remove loss.reduction"]
     assert problems_of(tmp_path, MINIMAL, ["loss.reduction=some"])[0].startswith(
         "loss.reduction: input should be 'all' or 'active'")
+
+
+def test_all_levels_with_a_decaying_schedule_needs_a_pair_quota(tmp_path):
+    [problem] = problems_of(tmp_path, MINIMAL + "pairs: {strategy: all_levels}\n")
+    assert problem.startswith("pairs.strategy: all_levels gives a varying number of pairs, so "
+                              "train.lr_schedule: cosine cannot know its length")
+    path = tmp_path / "r.yaml"
+    path.write_text(MINIMAL + "pairs: {strategy: all_levels, per_iteration: 48}\n")
+    assert load(path).pairs_per_iteration() == 48  # the schedule is planned for the quota
+    assert load(path, ["pairs.per_iteration=null", "train.lr_schedule=constant",
+                       "data.prompts_per_iteration=16"]
+                ).pairs_per_iteration() == 16 * 4 * 3 // 2  # n = 4: up to 6 pairs a prompt
+    assert load(path, ["pairs.strategy=best_worst", "pairs.per_iteration=null",
+                       "data.prompts_per_iteration=16"]).pairs_per_iteration() == 16
+
+
+def test_a_run_directory_written_before_a_field_was_removed_still_loads(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(MINIMAL + "logging: {progress: true, save_rollouts: false}\n")
+    assert load(path).logging.save_rollouts is False

@@ -12,7 +12,7 @@ from selfplay.report import (ReportError, format_table, load_records, summary_li
 
 from conftest import run_cli
 
-ALL_PLOTS = ["overview.png", "reward.png", "gamma.png", "margins.png", "time.png",
+ALL_PLOTS = ["overview.png", "reward.png", "quality.png", "gamma.png", "margins.png", "time.png",
              "throughput.png"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -26,7 +26,8 @@ def online_record(iteration: int) -> dict:
         "margin_p90": 0.3 * iteration, "reward_mean": 0.1 + 0.05 * iteration,
         "reward_std": 0.05, "n_prompts": 32, "n_pairs": 30, "loss": 0.25,
         "time_generate_s": 1.0, "time_reward_s": 0.5, "time_train_s": 2.0, "time_sync_s": 0.25,
-        "time_checkpoint_s": 0.25, "time_total_s": 5.0, "gen_tokens_per_s": 4000.0,
+        "time_checkpoint_s": 0.25, "time_total_s": 5.0, "time_elapsed_s": 5.0 * iteration,
+        "gen_tokens_per_s": 4000.0,
         "train_tokens_per_s": 1500.0, "peak_rss_mb": 1800.0, "controller": "fixed"}
 
 
@@ -91,7 +92,8 @@ def test_offline_run_skips_the_reward_plot_and_says_so(tmp_path):
     (tmp_path / "report" / "reward.png").write_bytes(PNG_MAGIC)  # from an earlier report
     result = write_report(tmp_path)
     assert "reward.png" in result.skipped and not (tmp_path / "report" / "reward.png").exists()
-    assert [p.name for p in result.plots] == [n for n in ALL_PLOTS if n != "reward.png"]
+    assert [p.name for p in result.plots] == [n for n in ALL_PLOTS
+                                              if n not in ("reward.png", "quality.png")]
     for path in result.plots:
         assert_png(path)
     assert format_table(records).splitlines()[1].split()[1] == "-"
@@ -124,7 +126,7 @@ def test_older_run_with_missing_keys(tmp_path):
     write_metrics(tmp_path, records)
     result = write_report(tmp_path)
     assert [p.name for p in result.plots] == ["overview.png", "reward.png", "gamma.png"]
-    assert set(result.skipped) == {"margins.png", "time.png", "throughput.png"}
+    assert set(result.skipped) == {"quality.png", "margins.png", "time.png", "throughput.png"}
     assert format_table(records).splitlines()[1].split() == [
         "1", "0.100", "0.500", "0.90→-", "8/8", "0.3000", "-"]
     assert summary_line(records) == "3 iterations (1–3) | reward 0.100 → 0.300"
@@ -176,3 +178,22 @@ def test_cli_report_errors_are_one_line(tmp_path, setup, message):
     assert result.exit_code == 1 and result.stdout == ""
     assert result.stderr.splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("error: ") and message in result.stderr
+
+
+def test_quality_plot_puts_held_out_scores_on_the_runs_minutes(tmp_path):
+    records = [online_record(i) for i in (1, 2, 3, 4)]
+    for record in records[1::2]:  # eval.every: 2
+        record.update(eval_reward_mean=0.2 * record["iteration"], eval_reward_std=0.1)
+    write_metrics(tmp_path, records)
+    result = write_report(tmp_path)
+    assert_png(tmp_path / "report" / "quality.png")
+    from matplotlib.figure import Figure
+    from selfplay.report import _plot_quality
+
+    ax = Figure().subplots()
+    assert _plot_quality(ax, records)
+    held_out = [line for line in ax.get_lines() if line.get_color() == "tab:red"][0]
+    # Iterations 2 and 4 end at 10 s and 20 s of the run: 1/6 and 1/3 of a minute.
+    assert list(held_out.get_xdata()) == pytest.approx([10 / 60, 20 / 60])
+    assert list(held_out.get_ydata()) == pytest.approx([0.4, 0.8])
+    assert "quality.png" not in result.skipped

@@ -123,6 +123,15 @@ def test_an_explicit_rollout_dtype_is_kept(monkeypatch, requested):
     assert runtime.rollout_dtype(requested) == (requested, "set in the recipe")
 
 
+@pytest.mark.parametrize("flags, expected", [(["avx512_bf16"], "bf16"), ([], "fp32")])
+def test_auto_train_precision_follows_the_same_hardware_rule(monkeypatch, flags, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_bf16_flags", lambda: flags)
+    precision, reason = runtime.train_precision("auto")
+    assert precision == expected and reason.startswith("auto: ")
+    assert runtime.train_precision("bf16") == ("bf16", "set in the recipe")
+
+
 def test_cpu_bf16_flags_reads_proc_cpuinfo(monkeypatch, tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile\n")

@@ -256,3 +256,14 @@ def test_gammapo_targets_are_the_trainers_and_are_saved_with_it(tiny_model_dir, 
     assert restored.pair_targets.state_dict() == trainer.pair_targets.state_dict()
     assert (restored.train(make_pairs(8, seed=1), gamma=0.5, iteration=2).gammas
             == trainer.train(make_pairs(8, seed=1), gamma=0.5, iteration=2).gammas)
+
+
+@pytest.mark.parametrize("flags, expected", [([], "fp32"), (["avx512_bf16"], "bf16")])
+def test_the_trainer_resolves_auto_precision_where_it_runs(monkeypatch, tiny_model_dir, flags,
+                                                           expected):
+    from selfplay import runtime
+
+    monkeypatch.setattr(runtime, "cpu_bf16_flags", lambda: flags)
+    trainer = make_trainer(tiny_model_dir, precision="auto")
+    assert trainer.precision == expected
+    assert trainer.engine.bfloat16_enabled() == (expected == "bf16")

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from selfplay.losses import get_loss, scale_to_active
 from selfplay.recipe import TrainConfig
-from selfplay.runtime import choose_accelerator, quiet_stdout
+from selfplay.runtime import choose_accelerator, quiet_stdout, train_precision
 from selfplay.seeding import epoch_seed
 from selfplay.train.logps import CompletionLogps, pad_batch
 from selfplay.train.ranks import Ranks, fill_gaps, init_process_group, interleave
@@ -77,6 +77,7 @@ class Trainer:
             init_process_group()
         self.ranks = Ranks()
         self.config = config
+        self.precision, _ = train_precision(config.precision)  # "auto": decided on this machine
         self.loss_fn = get_loss(loss_name)
         self.beta = beta
         self.reduction = reduction  # the loss's average: over all pairs, or the active ones
@@ -92,7 +93,7 @@ class Trainer:
         policy = CompletionLogps(model, chunk_tokens=config.logit_chunk_tokens,
                                  length_normalised=self.loss_fn.length_normalised)
         # Copied before DeepSpeed wraps (and under ZeRO-3 shards) the policy's parameters.
-        self.reference = (_frozen_copy(policy, config.precision)
+        self.reference = (_frozen_copy(policy, self.precision)
                           if self.loss_fn.needs_reference else None)
         # The fused kernel updates in place: no parameter-sized temporaries (less peak memory).
         optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr,
@@ -107,7 +108,7 @@ class Trainer:
             "gradient_accumulation_steps": config.grad_accum,
             "gradient_clipping": config.max_grad_norm,
             "zero_optimization": {"stage": config.zero_stage},
-            "bf16": {"enabled": config.precision == "bf16"},
+            "bf16": {"enabled": self.precision == "bf16"},
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
