@@ -12,6 +12,7 @@ DATA = REPO / "recipes" / "data"
 SCRIPT = DATA / "make_ifeval_prompts.py"
 TRAIN = DATA / "ifeval-train.jsonl"
 HELDOUT = DATA / "ifeval-heldout.jsonl"
+TUNE = DATA / "ifeval-tune.jsonl"  # for choosing knobs; the held-out set only measures
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +156,13 @@ def test_shipped_heldout_set_shares_no_constraint_set_with_train(generator):
     assert not shared, f"{len(shared)} held-out rows share a constraint set with training"
 
 
+def test_shipped_tune_set_shares_no_constraint_set_with_train_or_heldout(generator):
+    others = set(read_constraint_sets(generator, TRAIN)) | set(
+        read_constraint_sets(generator, HELDOUT))
+    tune = read_constraint_sets(generator, TUNE)
+    assert len(tune) == 100 and not [s for s in tune if s in others]
+
+
 def test_shipped_files_are_what_the_documented_commands_make(tmp_path):
     # The script imports `rewarders`; put the checkout first on the path so the check does not
     # depend on how (or whether) the package is installed in the environment.
@@ -169,5 +177,8 @@ def test_shipped_files_are_what_the_documented_commands_make(tmp_path):
     make("--seed", 1, "--count", 512, "--out", tmp_path / "ifeval-train.jsonl")
     make("--seed", 1000, "--count", 200, "--exclude", tmp_path / "ifeval-train.jsonl",
          "--out", tmp_path / "ifeval-heldout.jsonl")
+    make("--seed", 2000, "--count", 100, "--exclude", tmp_path / "ifeval-train.jsonl",
+         "--exclude", tmp_path / "ifeval-heldout.jsonl", "--out", tmp_path / "ifeval-tune.jsonl")
     assert (tmp_path / "ifeval-train.jsonl").read_bytes() == TRAIN.read_bytes()
     assert (tmp_path / "ifeval-heldout.jsonl").read_bytes() == HELDOUT.read_bytes()
+    assert (tmp_path / "ifeval-tune.jsonl").read_bytes() == TUNE.read_bytes()

@@ -9,6 +9,10 @@ test prompts is used. Re-run with another seed to make more; the seed decides ev
     python recipes/data/make_ifeval_prompts.py --seed 1 --count 512 --out ifeval-train.jsonl
     python recipes/data/make_ifeval_prompts.py --seed 1000 --count 200 \
         --exclude ifeval-train.jsonl --out ifeval-heldout.jsonl
+    python recipes/data/make_ifeval_prompts.py --seed 2000 --count 100 \
+        --exclude ifeval-train.jsonl --exclude ifeval-heldout.jsonl --out ifeval-tune.jsonl
+
+The tune set is for choosing a recipe's knobs; the held-out set only measures the result.
 
 Instructions whose drawn arguments cannot be met in a short answer (more than 60 words, 6
 sentences, 3 paragraphs, 3 sections or 5 bullets) are re-drawn, and the answer language
