@@ -166,6 +166,18 @@ def _style(records: list[dict]) -> dict:
     return {"marker": "o", "markersize": 4} if len(records) <= 40 else {}
 
 
+def _plot_held_out(ax, records: list[dict], x_of) -> bool:
+    """The held-out reward (mean ± std over its samples) where evaluated, at x = `x_of(record)`."""
+    points = [(x_of(r), _number(r, "eval_reward_mean"), _number(r, "eval_reward_std") or 0.0)
+              for r in records if _number(r, "eval_reward_mean") is not None]
+    if not points:
+        return False
+    x, y, err = zip(*points)
+    ax.errorbar(x, y, yerr=err, color="tab:red", marker="s", markersize=5, capsize=3,
+                linestyle="--", label="held-out reward (mean ± std)")
+    return True
+
+
 def _plot_reward(ax, records: list[dict]) -> bool:
     iterations = [r["iteration"] for r in records]
     drew = False
@@ -177,14 +189,7 @@ def _plot_reward(ax, records: list[dict]) -> bool:
                             [m + s for m, s in zip(mean, std)], color="tab:blue", alpha=0.2,
                             label="± std over samples")
         drew = True
-    if _has(records, "eval_reward_mean"):
-        points = [(r["iteration"], _number(r, "eval_reward_mean"),
-                   _number(r, "eval_reward_std") or 0.0) for r in records
-                  if _number(r, "eval_reward_mean") is not None]
-        x, y, err = zip(*points)
-        ax.errorbar(x, y, yerr=err, color="tab:red", marker="s", markersize=5, capsize=3,
-                    linestyle="--", label="held-out reward (mean ± std)")
-        drew = True
+    drew = _plot_held_out(ax, records, lambda r: r["iteration"]) or drew
     ax.set_title("Reward per iteration")
     ax.set_ylabel("reward (rewarder's units)")
     return drew
@@ -200,14 +205,7 @@ def _plot_quality(ax, records: list[dict]) -> bool:
                   if _number(r, "reward_mean") is not None]
         ax.plot(*zip(*points), color="tab:blue", label="train reward (mean)", **_style(timed))
         drew = True
-    if _has(timed, "eval_reward_mean"):
-        points = [(_number(r, "time_elapsed_s") / 60, _number(r, "eval_reward_mean"),
-                   _number(r, "eval_reward_std") or 0.0) for r in timed
-                  if _number(r, "eval_reward_mean") is not None]
-        x, y, err = zip(*points)
-        ax.errorbar(x, y, yerr=err, color="tab:red", marker="s", markersize=5, capsize=3,
-                    linestyle="--", label="held-out reward (mean ± std)")
-        drew = True
+    drew = _plot_held_out(ax, timed, lambda r: _number(r, "time_elapsed_s") / 60) or drew
     ax.set_title("Reward against minutes of the run")
     ax.set_ylabel("reward (rewarder's units)")
     return drew
