@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from bench.common import REPO, commit, versions
-from selfplay.evaluate import ModelScore, paired
+from selfplay.evaluate import ModelScore
+from selfplay.stats import paired
 
 RECIPE = REPO / "recipes" / "quickstart.yaml"
 BASE = "builtin:smollm2-135m-instruct"
