@@ -103,9 +103,8 @@ class RayPlacement:
         self.actors.append(actor)
         return actor
 
-    def _group(self, actors: list, role: Role) -> ActorGroup:
-        """The actors as a group, once each is up (its pid recorded)."""
-        group = ActorGroup(actors, role.name)
+    def _track(self, group: ActorGroup) -> ActorGroup:
+        """`group`, once each of its actors is up (its pid recorded, for `actors_rss_mb`)."""
         self.pids += group.run("pid")
         return group
 
@@ -118,7 +117,7 @@ class RayPlacement:
             return load_rewarder(config.name, config.kwargs)
         workers = [self._spawn(RewardWorker, role, config.name, config.kwargs)
                    for _ in range(role.count)]
-        return RayRewardGroup(self._group(workers, role))
+        return RayRewardGroup(self._track(ActorGroup(workers, role.name)))
 
     def rollout(self, model_dir: str, config, *, dtype: str, seed: int):
         role = self.roles["rollout engine"]
@@ -126,8 +125,8 @@ class RayPlacement:
                        kv_cache_gb=config.kv_cache_gb)
         engines = [self._spawn(EngineWorker, role, config.engine, model_dir, options)
                    for _ in range(role.count)]
-        self.rollout_group = RayRolloutGroup(self._group(engines, role), model_dir,
-                                             config.max_model_len)
+        self.rollout_group = RayRolloutGroup(self._track(ActorGroup(engines, role.name)),
+                                             model_dir, config.max_model_len)
         self._open_weight_group()
         return self.rollout_group
 
@@ -146,7 +145,7 @@ class RayPlacement:
         wait_all(builds, role.name)  # all at once: building the group is collective
         if self.started_ray:  # every process is up now: the agents, the actors' workers
             _record(self.process_file)
-        self.trainer_group = RayTrainerGroup(self._group(ranks.actors, role))
+        self.trainer_group = RayTrainerGroup(self._track(ranks))
         self._open_weight_group()
         return self.trainer_group
 
