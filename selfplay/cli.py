@@ -94,6 +94,45 @@ def run(recipe, overrides, output_dir, resume, overwrite, no_progress, verbose):
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
+              help="The pairs file to write (JSONL).")
+@click.option("--prompts", "count", required=True, type=click.IntRange(min=1),
+              help="How many prompts to sample (in the order an online run draws them).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Show dependencies' warnings and log lines too (or set SELFPLAY_LOG=debug).")
+def sample(recipe, overrides, out, count, overwrite, no_progress, verbose):
+    """Sample preference pairs once from RECIPE's model, for offline training.
+
+    The RePO paper's offline recipe: the starting model answers each prompt `rollout.n` times,
+    the recipe's reward scores the answers and `pairs.strategy` pairs them. Each pair becomes a
+    row (the prompt row's fields, chosen, rejected and their rewards) that a recipe with
+    `mode: offline` and `data.prompts: OUT` trains on.
+
+    \b
+      selfplay sample recipes/quickstart.yaml --prompts 128 -o pairs.jsonl
+      selfplay run recipes/quickstart.yaml mode=offline data.prompts=$PWD/pairs.jsonl
+    """
+    loaded = _load_recipe(recipe, overrides)
+    from selfplay.runtime import configure_environment, configure_logging
+    configure_environment()
+    configure_logging(verbose)
+    from selfplay.errors import user_errors
+    from selfplay.sample import sample_pairs
+
+    with user_errors() as failed:
+        done = sample_pairs(loaded, Path(out), count, overwrite=overwrite,
+                            progress=not no_progress, echo=click.echo)
+        click.echo(f"{done['pairs']} pairs from {done['prompts']} prompts in "
+                   f"{done['seconds']:.1f} s (sampling and scoring): {out}")
+    if failed:
+        _stop(failed[0])
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
 def validate(recipe, overrides):
     """Check RECIPE (with OVERRIDES) without loading a model; exit 2 naming each bad field.
 

@@ -62,11 +62,14 @@ def run(recipe: Recipe, run_dir: Path, *, resume: bool = False, overwrite: bool 
                 echo(f"resuming {run_dir} after iteration {loop.iteration}")
             else:
                 echo(f"{run_dir} has no complete checkpoint yet; starting from iteration 1")
-        for _ in range(loop.iteration, total):
+        while loop.iteration < total and not loop.out_of_time():
             echo(format_summary(loop.step(), total))
+        if loop.iteration < total:
+            echo(f"time budget reached: loop.max_minutes={recipe.loop.max_minutes:g} after "
+                 f"{loop.iteration} of {total} iterations ({loop.elapsed_s / 60:.1f} min)")
         final = loop.export_final()
-        echo(f"done: {total} iterations; final model in {final}")
-        return RunResult(run_dir, total, final)
+        echo(f"done: {loop.iteration} iterations; final model in {final}")
+        return RunResult(run_dir, loop.iteration, final)
     finally:
         loop.close()
 
@@ -159,7 +162,10 @@ class Loop:
         pairs, pair_stats, collected = self._collect_pairs(iteration, raw_rows)
         update = self._train(iteration, pairs)
         time_sync = self._sync(pairs)
-        evaluation = self._evaluate_if_due(iteration)
+        # The last iteration, of `loop.iterations` or of the time budget: evaluated and saved.
+        last = iteration == self.recipe.loop.iterations or self.out_of_time(
+            time.perf_counter() - started)
+        evaluation = self._evaluate_if_due(iteration, last)
         record = iteration_record(iteration, gamma_fields, collected, pair_stats, update,
                                   time_sync, evaluation)
         self.controller.update(MarginObservation(iteration, self.recipe.loop.iterations,
@@ -169,7 +175,7 @@ class Loop:
         if actors_rss is not None:  # before the checkpoint, whose copy of the record must match
             record["actors_rss_mb"] = actors_rss
         self.iteration = iteration
-        record["time_checkpoint_s"] = self._checkpoint_if_due(record, started)
+        record["time_checkpoint_s"] = self._checkpoint_if_due(record, started, last)
         finish_record(record, started, self.elapsed_s)
         self.elapsed_s = record["time_elapsed_s"]
         self.metrics.append(record)
@@ -257,9 +263,9 @@ class Loop:
             self.placement.sync_weights(self.trainer, self.engine)
         return time.perf_counter() - started
 
-    def _evaluate_if_due(self, iteration: int) -> dict:
+    def _evaluate_if_due(self, iteration: int, last: bool) -> dict:
         every = self.recipe.eval.every
-        due = (every and iteration % every == 0) or iteration == self.recipe.loop.iterations
+        due = (every and iteration % every == 0) or last
         return self.evaluate(iteration) if self.eval_rows and due else {}
 
     def evaluate(self, iteration: int) -> dict:
@@ -278,11 +284,18 @@ class Loop:
                 "time_eval_s": time.perf_counter() - started}
 
     # --- state -----------------------------------------------------------------------------------
-    def _checkpoint_if_due(self, record: dict, started: float) -> float | None:
-        """Saves a checkpoint every `loop.checkpoint_every` iterations and at the last; returns
-        the seconds it took (None when none was due)."""
+    def out_of_time(self, running_s: float = 0.0) -> bool:
+        """Whether the run's time, plus `running_s` of the iteration under way, has reached
+        `loop.max_minutes`."""
+        budget = self.recipe.loop.max_minutes
+        return budget is not None and self.elapsed_s + running_s >= budget * 60
+
+    def _checkpoint_if_due(self, record: dict, started: float, last: bool) -> float | None:
+        """Saves a checkpoint every `loop.checkpoint_every` iterations and at the last one (the
+        last of `loop.iterations` or of the time budget); returns the seconds it took (None when
+        none was due)."""
         loop = self.recipe.loop
-        if self.iteration % loop.checkpoint_every and self.iteration != loop.iterations:
+        if self.iteration % loop.checkpoint_every and not last:
             return None
         began = time.perf_counter()
 

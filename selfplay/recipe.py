@@ -143,6 +143,10 @@ class TrainConfig(Section):
 class LoopConfig(Section):
     iterations: int = Field(10, gt=0, description="Iterations to run (raise it on --resume to "
                             "extend a finished run).")
+    max_minutes: Optional[float] = Field(
+        None, gt=0, description="Time budget: stop after the iteration during which the run's "
+        "time (time_elapsed_s, carried across resumes) reaches this many minutes, checkpointed "
+        "and exported like the last; null: run all iterations. Raise it on --resume to extend.")
     checkpoint_every: int = Field(1, gt=0, description="Checkpoint every k iterations (and at "
                                   "the last).")
     keep_checkpoints: int = Field(2, gt=0, description="Newest checkpoints kept on disk.")
@@ -301,7 +305,7 @@ class Recipe(Section):
 
 # Fields that may change when a run is resumed; anything else would make the resumed run a
 # different experiment than its checkpoints.
-RESUMABLE_CHANGES = ("loop.iterations", "loop.keep_checkpoints", "loop.checkpoint_every",
+RESUMABLE_CHANGES = ("loop.iterations", "loop.max_minutes", "loop.keep_checkpoints", "loop.checkpoint_every",
                      "logging.", "eval.", "distributed.address", "distributed.timeout_s")
 
 

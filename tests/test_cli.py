@@ -239,6 +239,26 @@ def test_kill_minus_9_then_resume_gives_bit_identical_weights(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_time_budget_ends_the_run_checkpointed_and_resume_extends_it(tmp_path):
+    # A budget of 6 ms: the first iteration always reaches it.
+    run_dir, overrides = tmp_path / "run", ["--no-progress", "rollout.engine=hf"]
+    first = run_cli("run", TINY_RECIPE, "-o", run_dir, *overrides, "loop.iterations=5",
+                    "loop.checkpoint_every=4", "loop.max_minutes=0.0001")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "time budget reached: loop.max_minutes=0.0001 after 1 of 5 iterations" in first.stdout
+    from selfplay.loop import completed_iterations
+    assert completed_iterations(run_dir) == 1 and (run_dir / "final" / "config.json").exists()
+    records = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 1 and records[0]["eval_reward_mean"] is not None  # evaluated as last
+
+    extended = run_cli("run", TINY_RECIPE, "-o", run_dir, "--resume", *overrides,
+                       "loop.iterations=3", "loop.checkpoint_every=4", "loop.max_minutes=1000")
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert "iter 3/3" in extended.stdout and "iter 1/3" not in extended.stdout
+    assert completed_iterations(run_dir) == 3
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, message", [
     ("raise", "rewarder 'flaky_rewards:FlakyRewarder' raised ConnectionError"),
     ("nan", "returned nan for item 0"),

@@ -1,0 +1,108 @@
+"""docs/quality-results.md, regenerated from experiments/results/quality/ (run by
+`python -m experiments.quality table`). Seeds are the unit: an arm's gain on a seed is its mean
+per-prompt gain over the base model on the held-out prompts; comparisons are paired over seeds
+(Student t) with Holm over the three comparisons with the online arm, as the protocol says."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from experiments.quality import RESULTS, TABLE, TEST_ARMS, gains
+from selfplay.stats import holm, paired
+
+NAMES = {"online": "selfplay online (quickstart recipe)",
+         "offline": "offline: pairs sampled once from the base model",
+         "iterative": "iterative: 48-prompt rounds", "trl": "TRL OnlineDPOTrainer"}
+
+
+def _interval(stat: dict) -> str:
+    low, high = stat["ci95"]
+    if math.isnan(low):
+        return f"{stat['mean']:+.3f}"
+    return f"{stat['mean']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def _arm(phase: str, seed: int, arm: str) -> dict:
+    return json.loads((RESULTS / phase / f"seed{seed}-{arm}.json").read_text())
+
+
+def _machine(run: dict) -> str:
+    v = run["versions"]
+    flags = set(v.get("cpu_flags", []))
+    simd = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else "AVX2"
+    return f"{v.get('cpus')}-core {v.get('cpu_model', '?')}, {simd}"
+
+
+def tune_section() -> list[str]:
+    path = RESULTS / "tuned.json"
+    if not path.exists():
+        return ["Tuning has not run yet."]
+    tuned = json.loads(path.read_text())
+    seed = tuned["seed"]
+    lines = [f"Tune split (100 prompts), seed {seed}, one run per setting, "
+             f"{_arm('tune', seed, next(iter(tuned['gains'])))['budget_minutes']:g} minutes each:",
+             "", "| setting | gain over base [95% t interval over prompts] | minutes used | "
+             "steps | kept |", "|---|---|---|---|---|"]
+    for arm, gain in tuned["gains"].items():
+        run = _arm("tune", seed, arm)
+        steps = run.get("iterations", run.get("steps"))
+        kept = "yes" if arm in tuned["chosen"].values() else ""
+        lines.append(f"| {arm} | {_interval(gain)} | {run['train_minutes']:.1f} | {steps} | "
+                     f"{kept} |")
+    return lines
+
+
+def test_section() -> list[str]:
+    evals = sorted((RESULTS / "test").glob("eval-seed*.json"),
+                   key=lambda p: int(p.stem.removeprefix("eval-seed")))
+    if not evals:
+        return ["No test seed has finished yet."]
+    per_seed: dict[int, dict[str, float]] = {}
+    lines = ["Held-out prompts (200), greedy; each cell: the arm's gain over the base model "
+             "(mean over prompts), its minutes of training and its iterations or steps.", "",
+             "| seed | machine | base | " + " | ".join(TEST_ARMS) + " |",
+             "|---|---|---|" + "---|" * len(TEST_ARMS)]
+    for path in evals:
+        seed = int(path.stem.removeprefix("eval-seed"))
+        report = json.loads(path.read_text())
+        by_arm = {arm: sum(g) / len(g) for arm, g in gains(report).items()}
+        per_seed[seed] = by_arm
+        runs = {arm: _arm("test", seed, arm) for arm in TEST_ARMS}
+        base = report["models"][0]
+        base_mean = sum(base["prompt_scores"]) / len(base["prompt_scores"])
+        cells = [f"{by_arm[arm]:+.3f} ({runs[arm]['train_minutes']:.1f} min, "
+                 f"{runs[arm].get('iterations', runs[arm].get('steps'))})" for arm in TEST_ARMS]
+        lines.append(f"| {seed} | {_machine(runs['online'])} | {base_mean:.3f} | "
+                     + " | ".join(cells) + " |")
+    seeds = sorted(per_seed)
+    lines += ["", f"Over {len(seeds)} seed(s) (seeds are the unit; 95% t interval):", "",
+              "| arm | mean gain over base | range over seeds |", "|---|---|---|"]
+    for arm in TEST_ARMS:
+        values = [per_seed[s][arm] for s in seeds]
+        lines.append(f"| {NAMES[arm]} | {_interval(paired(values))} | "
+                     f"{min(values):+.3f} … {max(values):+.3f} |")
+    if len(seeds) >= 2:
+        comparisons = {other: paired([per_seed[s]["online"] - per_seed[s][other] for s in seeds])
+                       for other in TEST_ARMS if other != "online"}
+        adjusted = holm({k: v["p"] for k, v in comparisons.items()})
+        lines += ["", "Online minus each other arm, paired over seeds, Holm over the three:", "",
+                  "| comparison | difference [95% t interval] | p | Holm p |", "|---|---|---|---|"]
+        for other, stat in comparisons.items():
+            lines.append(f"| online − {other} | {_interval(stat)} | {stat['p']:.3f} | "
+                         f"{adjusted[other]:.3f} |")
+    online = [per_seed[s]["online"] for s in seeds]
+    lines += ["", f"Quickstart goal (online gain ≥ +0.10 on every seed): "
+              f"{sum(v >= 0.10 for v in online)} of {len(seeds)} seeds."]
+    return lines
+
+
+def write_tables(path: Path = TABLE) -> None:
+    text = "\n".join([
+        "# Quality per minute: results", "",
+        "Generated by `python -m experiments.quality table` from experiments/results/quality/; "
+        "the protocol, written before the test runs, is [quality-protocol.md]"
+        "(quality-protocol.md).", "", "## Tuning", "", *tune_section(), "",
+        "## Test seeds", "", *test_section(), ""])
+    path.write_text(text)
+    print(text)
