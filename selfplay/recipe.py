@@ -67,7 +67,15 @@ class RolloutConfig(Section):
     max_model_len: int = Field(1024, gt=0, description="Prompt + completion token limit of the "
                                "engine; longer prompts are an error.")
     kv_cache_gb: float = Field(1.0, gt=0, description="vLLM CPU KV-cache size in GiB "
-                               "(fractions too; VLLM_CPU_KVCACHE_SPACE, if set, wins).")
+                               "(fractions too; VLLM_CPU_KVCACHE_SPACE, if set, wins). On a GPU "
+                               "vLLM sizes it from gpu_memory_utilization instead.")
+    gpu_memory_utilization: Optional[float] = Field(
+        None, gt=0, le=1, description="vLLM on a GPU: the share of the GPU's memory the engine "
+        "may take (weights, activations, KV cache). null: 0.3 where the engine shares the "
+        "trainer's GPU (distributed.backend: local), 0.9 on GPUs of its own (ray).")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM on GPUs: GPUs one engine "
+                                      "shards the model over (ray: equals "
+                                      "distributed.gpus_per_engine).")
 
 
 class RewardConfig(Section):
@@ -167,10 +175,11 @@ class DistributedConfig(Section):
                                  "iteration's prompts are split among them.")
     reward_workers: int = Field(0, ge=0, description="ray: rewarder actors (0: score in the "
                                 "driver).")
-    gpus_per_trainer: float = Field(0.0, ge=0, description="ray: GPUs per trainer rank (0 on "
-                                    "CPU).")
-    gpus_per_engine: float = Field(0.0, ge=0, description="ray: GPUs per rollout engine "
-                                   "(fractions share a GPU).")
+    gpus_per_trainer: float = Field(0.0, ge=0, description="ray: GPUs per trainer rank, 0 "
+                                    "(CPU) or 1.")
+    gpus_per_engine: float = Field(0.0, ge=0, description="ray: GPUs per rollout engine, "
+                                   "whole GPUs (0 on CPU); more than 1 shards the engine over "
+                                   "them (rollout.tensor_parallel_size).")
     cpus_per_actor: Optional[float] = Field(
         None, gt=0, description="ray: CPUs each actor reserves; null: a private Ray shares this "
         "machine's cores among the actors, a cluster gives each one CPU.")
@@ -192,6 +201,13 @@ class DistributedConfig(Section):
                                      "distributed.backend: ray")
             if self.reward_workers:
                 raise ValueError("distributed.reward_workers: needs distributed.backend: ray")
+        # NCCL refuses two ranks on one GPU and vLLM's start-up memory check a shared one.
+        if self.gpus_per_trainer not in (0, 1):
+            raise ValueError(f"distributed.gpus_per_trainer: {self.gpus_per_trainer:g}: a "
+                             "trainer rank takes 0 GPUs (CPU) or 1; for more GPUs add ranks")
+        if self.gpus_per_engine != int(self.gpus_per_engine):
+            raise ValueError(f"distributed.gpus_per_engine: {self.gpus_per_engine:g}: an engine "
+                             "takes whole GPUs (vLLM refuses a GPU another process holds)")
         elif importlib.util.find_spec("ray") is None:
             raise ValueError("distributed.backend: ray needs `pip install ray`")
         return self
@@ -276,6 +292,14 @@ class Recipe(Section):
             raise ValueError(f"pairs.strategy: all_levels gives a varying number of pairs, so "
                              f"train.lr_schedule: {self.train.lr_schedule} cannot know its "
                              "length; set pairs.per_iteration (or lr_schedule: constant)")
+        tp, gpus = self.rollout.tensor_parallel_size, self.distributed.gpus_per_engine
+        if self.distributed.backend == "ray" and gpus and gpus != tp:
+            raise ValueError(f"distributed.gpus_per_engine: {gpus:g} GPUs need "
+                             f"rollout.tensor_parallel_size: {gpus:g} (it is {tp}); an engine "
+                             "would leave the others idle")
+        if tp > 1 and not (self.distributed.backend == "ray" and gpus):
+            raise ValueError(f"rollout.tensor_parallel_size: {tp} shards an engine over GPUs: "
+                             f"it needs distributed.backend: ray and gpus_per_engine: {tp}")
         if isinstance(self.gamma, GammaPOConfig):
             if self.loss.name != "simpo":
                 raise ValueError(f"gamma.controller: gammapo is SimPO with per-pair targets, it "

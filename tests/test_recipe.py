@@ -198,3 +198,26 @@ def test_a_run_directory_written_before_a_field_was_removed_still_loads(tmp_path
     path = tmp_path / "r.yaml"
     path.write_text(MINIMAL + "logging: {progress: true, save_rollouts: false}\n")
     assert load(path).logging.save_rollouts is False
+
+
+@pytest.mark.parametrize("overrides, problem", [
+    (["distributed.backend=ray", "distributed.gpus_per_engine=0.5"],
+     "distributed.gpus_per_engine: 0.5: an engine takes whole GPUs"),
+    (["distributed.backend=ray", "distributed.gpus_per_trainer=2"],
+     "distributed.gpus_per_trainer: 2: a trainer rank takes 0 GPUs (CPU) or 1"),
+    (["distributed.backend=ray", "distributed.gpus_per_engine=2"],
+     "distributed.gpus_per_engine: 2 GPUs need rollout.tensor_parallel_size: 2 (it is 1)"),
+    (["rollout.tensor_parallel_size=2"],
+     "rollout.tensor_parallel_size: 2 shards an engine over GPUs: it needs "
+     "distributed.backend: ray and gpus_per_engine: 2"),
+])
+def test_gpu_placements_that_would_fail_or_idle_on_the_gpus_are_refused(overrides, problem):
+    with pytest.raises(RecipeError) as error:
+        load(TINY_RECIPE, overrides)
+    assert any(problem in line for line in error.value.problems), error.value.problems
+
+
+def test_an_engine_sharded_over_its_gpus_is_accepted():
+    recipe = load(TINY_RECIPE, ["distributed.backend=ray", "distributed.gpus_per_engine=2",
+                                "rollout.tensor_parallel_size=2"])
+    assert recipe.rollout.tensor_parallel_size == 2

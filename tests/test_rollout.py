@@ -151,3 +151,19 @@ def test_after_sync_a_tied_output_layer_uses_the_new_embedding(kind, dtype, tied
         100 * LOGPROB_TOLERANCE)
     if kind == "vllm":  # a fraction of a GiB reaches vLLM (its env var takes whole GiB only)
         assert result["kv_cache_bytes"] == 2**28
+
+
+def test_vllm_gets_a_fixed_kv_cache_on_cpu_and_a_memory_share_and_shards_on_gpu():
+    from selfplay.rollout.vllm_engine import llm_args
+    common = dict(dtype="bfloat16", seed=1, max_model_len=512, kv_cache_gb=0.25,
+                  gpu_memory_utilization=0.3, tensor_parallel_size=2)
+    cpu = llm_args("m", cuda=False, **common)
+    assert cpu["kv_cache_memory_bytes"] == 2**28 and cpu["distributed_executor_backend"] == "uni"
+    assert cpu["enforce_eager"] and "gpu_memory_utilization" not in cpu
+    assert "tensor_parallel_size" not in cpu
+    gpu = llm_args("m", cuda=True, **common)
+    assert "kv_cache_memory_bytes" not in gpu and "enforce_eager" not in gpu  # CUDA graphs
+    assert gpu["gpu_memory_utilization"] == 0.3 and gpu["tensor_parallel_size"] == 2
+    assert gpu["distributed_executor_backend"] == "mp"
+    assert llm_args("m", cuda=True, **{**common, "tensor_parallel_size": 1})[
+        "distributed_executor_backend"] == "uni"

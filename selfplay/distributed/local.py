@@ -11,8 +11,10 @@ class LocalPlacement:
     def rollout(self, model_dir: str, config, *, dtype: str, seed: int):
         from selfplay.rollout import build_engine
 
+        # One process: on a GPU the engine shares it with the trainer, so it takes less.
         return build_engine(config.engine, model_dir, dtype=dtype, seed=seed,
-                            max_model_len=config.max_model_len, kv_cache_gb=config.kv_cache_gb)
+                            max_model_len=config.max_model_len, kv_cache_gb=config.kv_cache_gb,
+                            gpu_memory_utilization=config.gpu_memory_utilization or 0.3)
 
     def trainer(self, model_dir: str, config, **options):
         from selfplay.train.trainer import Trainer

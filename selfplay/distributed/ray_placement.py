@@ -122,7 +122,9 @@ class RayPlacement:
     def rollout(self, model_dir: str, config, *, dtype: str, seed: int):
         role = self.roles["rollout engine"]
         options = dict(dtype=dtype, seed=seed, max_model_len=config.max_model_len,
-                       kv_cache_gb=config.kv_cache_gb)
+                       kv_cache_gb=config.kv_cache_gb,
+                       gpu_memory_utilization=config.gpu_memory_utilization or 0.9,
+                       tensor_parallel_size=config.tensor_parallel_size)
         engines = [self._spawn(EngineWorker, role, config.engine, model_dir, options)
                    for _ in range(role.count)]
         self.rollout_group = RayRolloutGroup(self._track(ActorGroup(engines, role.name)),

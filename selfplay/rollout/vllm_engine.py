@@ -31,9 +31,25 @@ def repack_cpu_lm_head(model: torch.nn.Module) -> None:
     dispatch_cpu_unquantized_gemm(head, remove_weight=False)
 
 
+def llm_args(model_dir: str, *, dtype: str, seed: int, max_model_len: int, kv_cache_gb: float,
+             gpu_memory_utilization: float, tensor_parallel_size: int, cuda: bool) -> dict:
+    """The arguments of vLLM's `LLM` for this machine. CPU: the KV cache has a fixed size and the
+    engine stays in this process, eager. GPU: vLLM sizes the KV cache from its share of the
+    GPU's memory, captures CUDA graphs, and runs tensor-parallel shards in worker processes."""
+    args = dict(model=model_dir, dtype=dtype, seed=seed, max_model_len=max_model_len,
+                enable_prefix_caching=False, use_tqdm_on_load=is_verbose())
+    if not cuda:
+        return {**args, "enforce_eager": True, "distributed_executor_backend": "uni",
+                "kv_cache_memory_bytes": int(kv_cache_gb * 2**30)}
+    return {**args, "gpu_memory_utilization": gpu_memory_utilization,
+            "tensor_parallel_size": tensor_parallel_size,
+            "distributed_executor_backend": "uni" if tensor_parallel_size == 1 else "mp"}
+
+
 class VLLMEngine(RolloutEngine):
     def __init__(self, model_dir: str, *, dtype: str, seed: int, max_model_len: int,
-                 kv_cache_gb: float = 1.0):
+                 kv_cache_gb: float = 1.0, gpu_memory_utilization: float = 0.9,
+                 tensor_parallel_size: int = 1):
         vllm_cpu_environment()
         from vllm import LLM
 
@@ -41,10 +57,11 @@ class VLLMEngine(RolloutEngine):
         # the whole process; the trainer shares this process, so both are put back.
         saved_rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
         set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
-        self.llm = LLM(model=model_dir, dtype=dtype, seed=seed, max_model_len=max_model_len,
-                       enforce_eager=True, distributed_executor_backend="uni",
-                       enable_prefix_caching=False, use_tqdm_on_load=is_verbose(),
-                       kv_cache_memory_bytes=int(kv_cache_gb * 2**30))
+        self.llm = LLM(**llm_args(model_dir, dtype=dtype, seed=seed, max_model_len=max_model_len,
+                                  kv_cache_gb=kv_cache_gb,
+                                  gpu_memory_utilization=gpu_memory_utilization,
+                                  tensor_parallel_size=tensor_parallel_size,
+                                  cuda=torch.cuda.is_available()))
         torch.set_num_threads = set_num_threads
         torch.set_num_threads(threads)
         random.setstate(saved_rng[0])
