@@ -186,7 +186,8 @@ class DistributedConfig(Section):
     object_store_gb: float = Field(2.0, gt=0, description="ray: object store size of a private "
                                    "Ray (the weights pass through it).")
     timeout_s: float = Field(300.0, gt=0, description="ray: seconds a rank waits for a missing "
-                             "peer before the run stops with an error.")
+                             "peer, and the start waits for the cluster to place the actors, "
+                             "before the run stops with an error.")
     weight_sync: Literal["object_store", "gloo"] = Field(
         "gloo", description="ray: how the weights go from trainer rank 0 to the engines after "
         "each update: broadcast over a gloo group of their own, or through Ray's object store "

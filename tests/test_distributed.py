@@ -9,7 +9,8 @@ import time
 import psutil
 import pytest
 
-from selfplay.distributed.sizing import Role, missing_resource, plan_roles, split_evenly
+from selfplay.distributed.sizing import (Role, bundle, missing_resource, plan_roles,
+                                         split_evenly, unplaceable)
 from selfplay.recipe import DistributedConfig, RecipeError, load
 
 from conftest import REPO, TINY_RECIPE, run_cli
@@ -71,6 +72,22 @@ def test_a_missing_gpu_is_named_before_any_work():
         "cluster")
     assert "has 2 CPUs but the run needs 3" in missing_resource(
         {"CPU": 2.0, "GPU": 4.0}, [Role("trainer rank", 3, 1.0, 1.0, 1)])
+
+
+def test_an_actor_larger_than_every_node_is_named_though_the_cluster_total_suffices():
+    # Three nodes of 2 CPUs: 6 in all, but a 3-CPU actor fits on none (Ray would wait forever).
+    nodes = [{"CPU": 2.0}] * 3
+    roles = [Role("trainer rank", 1, 3.0, 0.0, 3), Role("rollout engine", 1, 3.0, 0.0, 3)]
+    assert missing_resource({"CPU": 6.0}, roles) is None
+    assert unplaceable(nodes, roles) == (
+        "a trainer rank needs 3 CPUs on one node, but no node of the Ray cluster has that (at "
+        "most 2 CPUs); lower distributed.cpus_per_actor or add larger nodes")
+    gpu_nodes = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 2.0, "GPU": 4.0}]
+    assert unplaceable(gpu_nodes, [Role("rollout engine", 1, 4.0, 2.0, 4)]).startswith(
+        "a rollout engine needs 4 CPUs, 2 GPUs on one node, but no node of the Ray cluster has "
+        "that (at most 8 CPUs, 4 GPUs); lower distributed.cpus_per_actor")
+    assert unplaceable(gpu_nodes, [Role("rollout engine", 1, 2.0, 2.0, 2)]) is None
+    assert bundle(Role("trainer rank", 1, 1.5, 0.0, 1)) == {"CPU": 1.5}
 
 
 def test_split_evenly_keeps_order_and_balance():
@@ -206,6 +223,46 @@ def test_asking_for_a_gpu_the_cluster_lacks_fails_before_any_work(tmp_path, no_r
 
 @pytest.mark.slow
 @pytest.mark.ray
+def test_actors_no_node_can_hold_or_a_busy_cluster_end_the_start_in_one_line(tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.util.placement_group import placement_group
+
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    cluster = Cluster(initialize_head=True, connect=False,
+                      head_node_args={"num_cpus": 1, "object_store_memory": 200 * 2**20})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1, object_store_memory=200 * 2**20)
+        cluster.wait_for_nodes()
+        joined = [*SHORT, *RAY, f"distributed.address={cluster.address}", "rollout.engine=hf"]
+        # Two actors of 1.5 CPUs: 3 in all, as the cluster has, but no node holds 1.5.
+        big = run_cli("run", TINY_RECIPE, "-o", tmp_path / "big", *joined,
+                      "distributed.cpus_per_actor=1.5", env=env)
+        assert big.returncode == 1
+        assert big.stderr.strip().splitlines()[-1] == (
+            "error: a trainer rank needs 1.5 CPUs on one node, but no node of the Ray cluster "
+            "has that (at most 1 CPUs); lower distributed.cpus_per_actor or add larger nodes")
+        # Another job holds two of the three CPUs: the run's two actors cannot both be placed.
+        ray.init(address=cluster.address)
+        held = placement_group([{"CPU": 1}] * 2, strategy="SPREAD")
+        ray.get(held.ready(), timeout=60)
+        busy = run_cli("run", TINY_RECIPE, "-o", tmp_path / "busy", *joined,
+                       "distributed.timeout_s=5", env=env)
+        assert busy.returncode == 1
+        line = busy.stderr.strip().splitlines()[-1]
+        assert line.startswith("error: Ray could not place the run's actors (1 trainer rank × "
+                               "{'CPU': 1.0}, 1 rollout engine × {'CPU': 1.0}) within "
+                               "distributed.timeout_s = 5 s"), line
+        assert not (tmp_path / "busy" / "metrics.jsonl").exists()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
 def test_address_auto_joins_the_running_cluster_and_leaves_it_running(tmp_path):
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_worker_niceness": "0"}
@@ -305,3 +362,11 @@ def test_a_killed_trainer_rank_ends_the_run_within_seconds(tmp_path, no_ray_left
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "a trainer rank actor died" in lines[0], stderr[-2000:]
     assert f"{run_dir} is intact" in lines[0] and "--resume" in lines[0]
+
+
+def test_a_ranks_local_gpu_is_the_one_ray_assigned_whether_or_not_ray_hides_the_others():
+    from selfplay.distributed.ray_actors import local_gpu_index
+    assert local_gpu_index([], None) == 0  # CPU
+    assert local_gpu_index([3], "3") == 0  # Ray shows the actor its own GPU only
+    assert local_gpu_index([3], None) == 3  # RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES
+    assert local_gpu_index(["2"], "0,2,5") == 1  # the user's mask, Ray told not to set it

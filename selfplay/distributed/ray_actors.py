@@ -18,6 +18,17 @@ def _prepare_process(env: dict[str, str]) -> None:
     configure_logging(verbose=False)
 
 
+def local_gpu_index(ray_gpu_ids: list, visible: str | None) -> int:
+    """This actor's GPU as torch numbers it (LOCAL_RANK). Ray sets CUDA_VISIBLE_DEVICES to the
+    actor's own GPUs (then it is the first of them); told not to, every GPU of the node is
+    visible and the index is the one Ray assigned. No GPU: 0."""
+    if not ray_gpu_ids:
+        return 0
+    mine = str(ray_gpu_ids[0])
+    listed = [entry.strip() for entry in visible.split(",")] if visible else []
+    return listed.index(mine) if mine in listed else (0 if listed else int(mine))
+
+
 class Actor:
     """What every actor shares: `call` runs a method of the part it holds (or reads an
     attribute), so the groups fan a Trainer's or an engine's calls out without one wrapper method
@@ -49,6 +60,8 @@ class TrainerRank(Actor):
 
     def build(self, dist_env: dict[str, str], model_dir: str, config, options: dict) -> None:
         os.environ.update(dist_env)
+        os.environ["LOCAL_RANK"] = str(local_gpu_index(ray.get_gpu_ids(),
+                                                       os.environ.get("CUDA_VISIBLE_DEVICES")))
         from selfplay.train.trainer import Trainer
 
         self.part = Trainer(model_dir, config, **options)

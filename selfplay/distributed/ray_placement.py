@@ -19,7 +19,8 @@ import ray
 from selfplay.distributed.ray_actors import EngineWorker, RewardWorker, TrainerRank
 from selfplay.distributed.ray_group import (ActorGroup, DistributedError, name_a_dead_actor,
                                             short_error, wait_all)
-from selfplay.distributed.sizing import Role, missing_resource, plan_roles, split_evenly
+from selfplay.distributed.sizing import (Role, bundle, missing_resource, plan_roles,
+                                         split_evenly, unplaceable)
 from selfplay.distributed.weight_sync import WeightSyncError
 from selfplay.rollout.base import RolloutEngine
 
@@ -55,6 +56,7 @@ class RayPlacement:
         self.trainer_group: RayTrainerGroup | None = None
         self.rollout_group: RayRolloutGroup | None = None
         self.broadcasts = False  # True once the gloo weight group joins rank 0 to the engines
+        self.placement_group = None  # every actor's resources, reserved at once
         # The processes of the Ray this run starts, so that a later start in the same run
         # directory stops what a `kill -9` of this driver left behind (Ray's agents can outlive
         # their raylet).
@@ -87,18 +89,52 @@ class RayPlacement:
                 raise DistributedError(f"distributed.address: cannot join the Ray cluster at "
                                        f"{config.address} ({short_error(error)})",
                                        resumable=False) from None
-        problem = missing_resource(ray.cluster_resources(), list(self.roles.values()))
+        roles = list(self.roles.values())
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        problem = (missing_resource(ray.cluster_resources(), roles)
+                   or unplaceable(nodes, roles))
         if problem:
             self.close()
             raise DistributedError(problem, resumable=False)
+        self._reserve(roles)
+
+    def _reserve(self, roles: list[Role]) -> None:
+        """Reserves every actor's CPUs and GPUs at once, in one placement group, or stops within
+        `distributed.timeout_s` naming what could not be placed (a busy cluster): actors are
+        never left waiting for resources that do not come."""
+        from ray.exceptions import GetTimeoutError
+        from ray.util.placement_group import placement_group
+
+        self.bundles: dict[str, list[int]] = {}  # role name → its free bundle indices
+        bundles = []
+        for role in roles:
+            self.bundles[role.name] = list(range(len(bundles), len(bundles) + role.count))
+            bundles += [bundle(role)] * role.count
+        self.placement_group = placement_group(bundles, strategy="PACK")
+        try:
+            ray.get(self.placement_group.ready(), timeout=self.config.timeout_s)
+        except GetTimeoutError:
+            asks = ", ".join(f"{role.count} {role.name}{'s' if role.count > 1 else ''} × "
+                             f"{bundle(role)}" for role in roles)
+            self.close()
+            raise DistributedError(
+                f"Ray could not place the run's actors ({asks}) within distributed.timeout_s = "
+                f"{self.config.timeout_s:g} s: the cluster's free resources are "
+                "short (other jobs hold them?); free them, or ask for less",
+                resumable=False) from None
 
     def _spawn(self, cls, role: Role, *args):
         """One actor of `role`, with its threads and resources; tracked so `close` kills it."""
         env = {"OMP_NUM_THREADS": str(role.threads), "SELFPLAY_LOG": os.environ.get(
             "SELFPLAY_LOG", ""), "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", "")}
         env = {k: v for k, v in env.items() if v}
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        strategy = PlacementGroupSchedulingStrategy(
+            placement_group=self.placement_group,
+            placement_group_bundle_index=self.bundles[role.name].pop(0))
         actor = ray.remote(cls).options(
-            num_cpus=role.cpus, num_gpus=role.gpus,
+            num_cpus=role.cpus, num_gpus=role.gpus, scheduling_strategy=strategy,
             runtime_env={"env_vars": env}).remote(env, *args)
         self.actors.append(actor)
         return actor
@@ -139,7 +175,7 @@ class RayPlacement:
         host, port = ranks.run("address", first_only=True)[0]
         builds = []
         for rank, actor in enumerate(ranks.actors):
-            # Ray shows each actor only its own GPUs, so every rank's local device is 0.
+            # LOCAL_RANK: the rank's own GPU, which the actor reads from Ray (ray_actors).
             dist_env = {"RANK": str(rank), "WORLD_SIZE": str(role.count), "LOCAL_RANK": "0",
                         "MASTER_ADDR": host, "MASTER_PORT": str(port),
                         "SELFPLAY_DIST_TIMEOUT_S": str(int(self.config.timeout_s))}
@@ -209,6 +245,13 @@ class RayPlacement:
             except Exception:  # already dead; nothing to stop
                 pass
         self.actors = []
+        if self.placement_group is not None and ray.is_initialized():
+            from ray.util.placement_group import remove_placement_group
+            try:
+                remove_placement_group(self.placement_group)  # a cluster gets them back
+            except Exception:  # the cluster is gone already
+                pass
+        self.placement_group = None
         if ray.is_initialized():
             ray.shutdown()  # a private Ray stops; a cluster only loses this driver
         if self.started_ray:

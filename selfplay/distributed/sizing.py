@@ -58,6 +58,28 @@ def missing_resource(available: dict[str, float], roles: list[Role]) -> str | No
     return None
 
 
+def bundle(role: Role) -> dict[str, float]:
+    """The resources one actor of `role` reserves in the run's placement group (Ray refuses
+    zero-sized entries)."""
+    return {k: v for k, v in (("CPU", role.cpus), ("GPU", role.gpus)) if v}
+
+
+def unplaceable(nodes: list[dict[str, float]], roles: list[Role]) -> str | None:
+    """A one-line reason when some actor fits on no single node (an actor cannot span nodes, and
+    Ray would wait for such a node forever), else None. `nodes`: each alive node's resources."""
+    for role in roles:
+        wanted = bundle(role)
+        if any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in wanted.items()) for node in nodes):
+            continue
+        largest = {k: max((node.get(k, 0.0) for node in nodes), default=0.0) for k in wanted}
+        asks = ", ".join(f"{v:g} {k}s" for k, v in wanted.items())
+        has = ", ".join(f"{v:g} {k}s" for k, v in largest.items())
+        fields = " or ".join(_field(k) for k in wanted)
+        return (f"a {role.name} needs {asks} on one node, but no node of the Ray cluster has "
+                f"that (at most {has}); lower distributed.{fields} or add larger nodes")
+    return None
+
+
 def _field(resource: str) -> str:
     return "gpus_per_trainer/gpus_per_engine" if resource == "GPU" else "cpus_per_actor"
 
