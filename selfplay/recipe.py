@@ -190,8 +190,9 @@ class DistributedConfig(Section):
                              "before the run stops with an error.")
     weight_sync: Literal["object_store", "gloo"] = Field(
         "gloo", description="ray: how the weights go from trainer rank 0 to the engines after "
-        "each update: broadcast over a gloo group of their own, or through Ray's object store "
-        "(docs/distributed.md has both measured).")
+        "each update: broadcast over a group of their own (gloo; when trainer ranks and engines "
+        "all have GPUs, vLLM's NCCL weight-transfer engine), or through Ray's object store "
+        "(docs/distributed.md has both measured on CPU).")
 
     @model_validator(mode="after")
     def _check_backend(self) -> "DistributedConfig":

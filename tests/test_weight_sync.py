@@ -1,121 +1,105 @@
-"""The weight group's bucketing and its choice of backend. NCCL cannot run here (no GPU, a CPU
-build of torch): a fake `ProcessGroupNCCL` carries each broadcast from the sender to the
-receiver within one process. The real gloo transfer between two processes is in
-tests/test_distributed.py."""
-from datetime import timedelta
+"""Weight sync: the gloo group (CPU, or one side on a GPU) and the pieces of the GPU path through
+vLLM's NCCL weight-transfer engine. NCCL cannot run here (no GPU): the engine actors and the
+transport are stand-ins, and what is checked is what selfplay hands vLLM. The real gloo transfer
+between processes is in tests/test_distributed.py."""
+import threading
 
-import pytest
 import torch
 import torch.distributed as dist
 
-from selfplay.distributed import weight_sync
-from selfplay.distributed.weight_sync import WeightGroup, WeightSyncError, buckets
+from selfplay.distributed import vllm_transfer
+from selfplay.distributed.sizing import all_on_gpus
+from selfplay.distributed.weight_sync import WeightGroup
+from selfplay.recipe import DistributedConfig
 
 F32, BF16 = torch.float32, torch.bfloat16
+WEIGHTS = [("a", torch.arange(6.0).reshape(2, 3)), ("c", torch.tensor([1, 2, 3], dtype=BF16)),
+           ("e", torch.tensor([9.0]))]
 
 
-def test_buckets_keep_the_order_and_a_size_limit_and_a_large_tensor_goes_alone():
-    spec = [("a", (4,), F32), ("b", (32,), F32), ("c", (4,), F32), ("d", (2, 2), F32),
-            ("e", (8,), F32)]  # 16, 128, 16, 16, 32 bytes
-    assert buckets(spec, 64) == [[0], [1], [2, 3, 4]]  # 16 + 128 > 64; 16 + 16 + 32 = 64 fits
-    assert buckets(spec, 1000) == [[0, 1, 2, 3, 4]]
-    assert buckets(spec, 1) == [[0], [1], [2], [3], [4]]
-    assert buckets([], 64) == []
-
-
-def test_buckets_split_where_the_dtype_changes():
-    spec = [("a", (2,), F32), ("b", (2,), BF16), ("c", (3,), BF16), ("d", (1,), F32)]
-    assert buckets(spec, 1000) == [[0], [1, 2], [3]]
-
-
-class FakeWork:
-    def wait(self):
-        return True
-
-
-class FakeNCCL:
-    """Records its construction; rank 0's broadcasts go onto a shared wire, a receiver's take
-    them off in order."""
-    wire: list[torch.Tensor] = []
-
-    class Options:
-        _timeout = None
-
-    def __init__(self, store, rank, size, options):
-        self.store, self.rank, self.size, self.options = store, rank, size, options
-
-    def broadcast(self, tensors, options):
-        assert options.rootRank == 0 and len(tensors) == 1
-        if self.rank == 0:
-            self.wire.append(tensors[0].clone())
-        else:
-            tensors[0].copy_(self.wire.pop(0))
-        return FakeWork()
-
-
-@pytest.fixture
-def fake_cuda(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(dist, "ProcessGroupNCCL", FakeNCCL, raising=False)
-    monkeypatch.setattr(FakeNCCL, "wire", [])
-
-
-def test_with_cuda_the_group_is_nccl_on_the_current_gpu_with_the_timeout(fake_cuda):
-    group = WeightGroup(dist.HashStore(), 0, 3, timeout_s=7)
-    assert group.backend == "nccl" and isinstance(group.group, FakeNCCL)
-    assert (group.group.rank, group.group.size) == (0, 3)
-    assert isinstance(group.group.store, dist.PrefixStore)
-    assert group.group.options._timeout == timedelta(seconds=7)
-    assert group.device == torch.device("cuda", 0)
-
-
-def test_over_nccl_each_bucket_is_one_broadcast_and_the_engine_gets_the_values(fake_cuda,
-                                                                                monkeypatch):
-    monkeypatch.setattr(weight_sync, "nccl_device", lambda: torch.device("cpu"))  # no GPU here
-    weights = [("a", torch.arange(6.0).reshape(2, 3)), ("b", torch.tensor([1.5, -2, 0, 3])),
-               ("c", torch.tensor([1, 2, 3], dtype=BF16)),
-               ("d", torch.arange(10, dtype=BF16).reshape(5, 2)), ("e", torch.tensor([9.0]))]
-    spec = [(name, tuple(tensor.shape), tensor.dtype) for name, tensor in weights]
+def test_over_gloo_the_engine_gets_every_tensor_in_order_with_its_dtype():
+    spec = [(name, tuple(tensor.shape), tensor.dtype) for name, tensor in WEIGHTS]
     store = dist.HashStore()
-    sender = WeightGroup(store, 0, 2, timeout_s=5, bucket_bytes=32)
-    engine = WeightGroup(store, 1, 2, timeout_s=5, spec=spec, bucket_bytes=32)
-    sender.send(iter(weights))  # a generator, as a ZeRO-3 gather yields them
-    # 24 | 16 | 6 + 20 (bf16) | 4 bytes: four broadcasts, each one flat buffer of one dtype
-    assert [(flat.dtype, flat.numel()) for flat in FakeNCCL.wire] == [
-        (F32, 6), (F32, 4), (BF16, 13), (F32, 1)]
-    received = engine.receive()
-    assert FakeNCCL.wire == []
-    assert [name for name, _ in received] == ["a", "b", "c", "d", "e"]
-    for (_, sent), (_, got) in zip(weights, received):
+    received = []
+
+    def engine():
+        group = WeightGroup(store, 1, 2, timeout_s=20, spec=spec)
+        received.append(group.receive())
+        received.append(group.receive())
+
+    thread = threading.Thread(target=engine)
+    thread.start()
+    sender = WeightGroup(store, 0, 2, timeout_s=20)
+    sender.send(iter(WEIGHTS))  # a generator, as a ZeRO-3 gather yields them
+    sender.send((name, tensor + 1) for name, tensor in WEIGHTS)
+    thread.join(timeout=60)
+    first, second = received
+    assert [name for name, _ in first] == ["a", "c", "e"]
+    for (_, sent), (_, got), (_, got_again) in zip(WEIGHTS, first, second):
         assert got.dtype == sent.dtype and torch.equal(got, sent)
-
-    sender.send((name, tensor + 1) for name, tensor in weights)  # a second sync, same buffers
-    again = engine.receive()
-    assert [tensor.data_ptr() for _, tensor in again] == [
-        tensor.data_ptr() for _, tensor in received]
-    assert all(torch.equal(got, sent + 1) for (_, sent), (_, got) in zip(weights, again))
+        assert torch.equal(got_again, sent + 1)
 
 
-def test_without_cuda_the_group_is_gloo_on_the_cpu():
-    group = WeightGroup(dist.HashStore(), 0, 1, timeout_s=5)
-    assert group.backend == "gloo" and isinstance(group.group, dist.ProcessGroupGloo)
-    assert group.device == torch.device("cpu")
-    group.send([("a", torch.ones(2))])  # a group of one: the broadcast completes at once
+class FakeTrainer:
+    def weight_spec(self):
+        return [(name, tuple(t.shape), t.dtype) for name, t in WEIGHTS]
+
+    def named_weights(self):
+        yield from WEIGHTS
 
 
-def test_an_engine_that_would_pick_another_backend_than_the_trainer_is_a_clear_error(
+def test_the_gpu_path_sends_the_weights_in_the_engines_dtype_as_declared():
+    source = vllm_transfer.TrainerWeights(FakeTrainer(), BF16, torch.device("cpu"))
+    meta = source.metadata()
+    sent = list(source)
+    assert [(m.name, m.dtype, m.shape) for m in meta] == [
+        ("a", BF16, (2, 3)), ("c", BF16, (3,)), ("e", BF16, (1,))]
+    assert [(name, t.dtype, tuple(t.shape)) for name, t in sent] == [
+        (m.name, m.dtype, m.shape) for m in meta]  # vLLM checks that they agree
+    assert torch.equal(sent[0][1], WEIGHTS[0][1].to(BF16))
+
+
+class FakeEngine:
+    """An engine actor: `transfer.remote(method, *args)` records the call."""
+
+    def __init__(self, calls):
+        outer = self
+
+        class Method:
+            @staticmethod
+            def remote(method, *args):
+                calls.append((outer, method, args))
+                return None
+        self.transfer = Method
+
+
+def test_each_engines_workers_get_their_own_ranks_and_every_call_reaches_every_engine(
         monkeypatch):
-    store = dist.HashStore()
-    WeightGroup(store, 0, 1, timeout_s=5)  # the trainer: no CUDA, gloo
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    with pytest.raises(WeightSyncError, match="trainer's weight sync uses gloo but this "
-                                              "engine's process would use nccl"):
-        WeightGroup(store, 1, 2, timeout_s=5, spec=[])
+    calls = []
+    monkeypatch.setattr(vllm_transfer, "wait_all", lambda futures, role: futures)
+    engines = [FakeEngine(calls), FakeEngine(calls), FakeEngine(calls)]
+    client = vllm_transfer.EngineClient(engines, world_sizes=[2, 1, 2])  # tensor parallel 2, 1, 2
+    client.init_weight_transfer_engine({"master_port": 5, "world_size": 6, "rank_offset": 1})
+    assert [args[0]["init_info"]["rank_offset"] for _, _, args in calls] == [1, 3, 4]
+    assert all(args[0]["init_info"]["world_size"] == 6 for _, _, args in calls)
+    calls.clear()
+    client.start_weight_update()
+    client.update_weights({"names": ["a"], "dtype_names": ["bfloat16"], "shapes": [[2, 3]]})
+    client.finish_weight_update()
+    assert [method for _, method, _ in calls] == (["start_weight_update"] * 3
+                                                  + ["update_weights"] * 3
+                                                  + ["finish_weight_update"] * 3)
+    assert calls[3][2] == ({"update_info": {"names": ["a"], "dtype_names": ["bfloat16"],
+                                            "shapes": [[2, 3]]}},)
 
 
-def test_cuda_without_nccl_in_torch_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.delattr(dist, "ProcessGroupNCCL", raising=False)
-    with pytest.raises(WeightSyncError, match="this torch has no NCCL"):
-        WeightGroup(dist.HashStore(), 0, 2, timeout_s=5)
+def test_vllms_transfer_is_used_only_when_trainer_ranks_and_engines_all_have_gpus():
+    from selfplay.rollout.vllm_engine import llm_args
+    assert all_on_gpus(DistributedConfig(backend="ray", gpus_per_trainer=1, gpus_per_engine=1))
+    assert not all_on_gpus(DistributedConfig(backend="ray", gpus_per_trainer=0,
+                                             gpus_per_engine=1))
+    assert not all_on_gpus(DistributedConfig(backend="ray"))
+    common = dict(dtype="bfloat16", seed=0, max_model_len=64, kv_cache_gb=1.0,
+                  gpu_memory_utilization=0.9, tensor_parallel_size=1, weight_transfer=True)
+    assert llm_args("m", cuda=True, **common)["weight_transfer_config"] == {"backend": "nccl"}
+    assert "weight_transfer_config" not in llm_args("m", cuda=False, **common)

@@ -87,6 +87,17 @@ class TrainerRank(Actor):
 
         self.weight_group = WeightGroup(self._weight_store, 0, size, timeout_s)
 
+    def open_vllm_transfer(self, engines: list, world_sizes: list[int], dtype: str) -> None:
+        """GPUs: vLLM's trainer-side transfer engine (rank 0 opens the group with the engines,
+        the other ranks only take part in each sync's gather)."""
+        from selfplay.distributed.vllm_transfer import open_trainer_side
+
+        self.transfer = open_trainer_side(self.part, engines, world_sizes, dtype,
+                                          self.part.rank, ray.util.get_node_ip_address())
+
+    def send_vllm_weights(self) -> None:
+        self.transfer.send_weights()
+
     def send_weights(self) -> None:
         """Rank 0 broadcasts the weights to the engines; every rank iterates them, as the
         ZeRO-3 gather needs."""
@@ -116,6 +127,15 @@ class EngineWorker(Actor):
         from selfplay.distributed.weight_sync import WeightGroup
 
         self.weight_group = WeightGroup.join(host, port, rank, size, timeout_s, spec)
+
+    def transfer_spec(self) -> tuple[int, str]:
+        """The engine's worker count and dtype, for the trainer's side of vLLM's transfer."""
+        return self.part.world_size, self.part.dtype
+
+    def transfer(self, method: str, *args):
+        """One call of vLLM's weight-transfer protocol (init, start, update, finish) on the
+        engine, from trainer rank 0's client (selfplay.distributed.vllm_transfer)."""
+        return getattr(self.part.llm, method)(*args)
 
     def receive_weights(self) -> None:
         self.part.update_weights(self.weight_group.receive())

@@ -19,8 +19,8 @@ import ray
 from selfplay.distributed.ray_actors import EngineWorker, RewardWorker, TrainerRank
 from selfplay.distributed.ray_group import (ActorGroup, DistributedError, name_a_dead_actor,
                                             short_error, wait_all)
-from selfplay.distributed.sizing import (Role, bundle, missing_resource, plan_roles,
-                                         split_evenly, unplaceable)
+from selfplay.distributed.sizing import (Role, all_on_gpus, bundle, missing_resource,
+                                         plan_roles, split_evenly, unplaceable)
 from selfplay.distributed.weight_sync import WeightSyncError
 from selfplay.rollout.base import RolloutEngine
 
@@ -57,6 +57,8 @@ class RayPlacement:
         self.rollout_group: RayRolloutGroup | None = None
         self.broadcasts = False  # True once the gloo weight group joins rank 0 to the engines
         self.placement_group = None  # every actor's resources, reserved at once
+        # Trainer ranks and engines all on GPUs: the weights go over vLLM's own NCCL engine.
+        self.vllm_transfer = self.config.weight_sync == "gloo" and all_on_gpus(self.config)
         # The processes of the Ray this run starts, so that a later start in the same run
         # directory stops what a `kill -9` of this driver left behind (Ray's agents can outlive
         # their raylet).
@@ -160,7 +162,8 @@ class RayPlacement:
         options = dict(dtype=dtype, seed=seed, max_model_len=config.max_model_len,
                        kv_cache_gb=config.kv_cache_gb,
                        gpu_memory_utilization=config.gpu_memory_utilization or 0.9,
-                       tensor_parallel_size=config.tensor_parallel_size)
+                       tensor_parallel_size=config.tensor_parallel_size,
+                       weight_transfer=self.vllm_transfer and config.engine == "vllm")
         engines = [self._spawn(EngineWorker, role, config.engine, model_dir, options)
                    for _ in range(role.count)]
         self.rollout_group = RayRolloutGroup(self._track(ActorGroup(engines, role.name)),
@@ -194,6 +197,11 @@ class RayPlacement:
         if self.config.weight_sync != "gloo" or trainer is None or rollout is None:
             return
         timeout, ranks, engines = self.config.timeout_s, trainer.group, rollout.group
+        if self.vllm_transfer:  # GPUs on both sides: vLLM's NCCL engine, opened now
+            sizes, dtypes = zip(*engines.run("transfer_spec"))
+            ranks.run("open_vllm_transfer", engines.actors, list(sizes), dtypes[0])
+            self.broadcasts = True
+            return
         host, port, spec = ranks.run("host_weight_group", timeout, first_only=True)[0]
         size = 1 + len(engines)
         wait_all(ranks.futures("open_weight_group", size, timeout, first_only=True)
@@ -210,6 +218,9 @@ class RayPlacement:
         if not self.broadcasts:
             wrapped_ref = ranks.run("publish_weights")[0]
             engines.run("update_weights", wrapped_ref)
+            return
+        if self.vllm_transfer:  # every rank takes part (the gather); rank 0 drives the engines
+            ranks.run("send_vllm_weights")
             return
         sends, receives = ranks.futures("send_weights"), engines.futures("receive_weights")
         try:

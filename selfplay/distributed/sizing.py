@@ -44,6 +44,12 @@ def plan_roles(config, *, cores: int, private: bool, need_engine: bool) -> list[
     return roles
 
 
+def all_on_gpus(config) -> bool:
+    """Whether every trainer rank and engine has a GPU of its own (then the weights go over
+    vLLM's NCCL weight-transfer engine, else over gloo)."""
+    return config.gpus_per_trainer >= 1 and config.gpus_per_engine >= 1
+
+
 def missing_resource(available: dict[str, float], roles: list[Role]) -> str | None:
     """A one-line reason when the cluster cannot hold the roles at once, else None. (Ray itself
     would wait forever for an actor that asks for a GPU the cluster does not have.)"""

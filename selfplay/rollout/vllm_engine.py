@@ -32,10 +32,13 @@ def repack_cpu_lm_head(model: torch.nn.Module) -> None:
 
 
 def llm_args(model_dir: str, *, dtype: str, seed: int, max_model_len: int, kv_cache_gb: float,
-             gpu_memory_utilization: float, tensor_parallel_size: int, cuda: bool) -> dict:
+             gpu_memory_utilization: float, tensor_parallel_size: int, cuda: bool,
+             weight_transfer: bool = False) -> dict:
     """The arguments of vLLM's `LLM` for this machine. CPU: the KV cache has a fixed size and the
     engine stays in this process, eager. GPU: vLLM sizes the KV cache from its share of the
-    GPU's memory, captures CUDA graphs, and runs tensor-parallel shards in worker processes."""
+    GPU's memory, captures CUDA graphs, and runs tensor-parallel shards in worker processes;
+    `weight_transfer`: the engine receives weights from a trainer in another process through
+    vLLM's NCCL weight-transfer engine (selfplay.distributed.vllm_transfer)."""
     args = dict(model=model_dir, dtype=dtype, seed=seed, max_model_len=max_model_len,
                 enable_prefix_caching=False, use_tqdm_on_load=is_verbose())
     if not cuda:
@@ -43,13 +46,14 @@ def llm_args(model_dir: str, *, dtype: str, seed: int, max_model_len: int, kv_ca
                 "kv_cache_memory_bytes": int(kv_cache_gb * 2**30)}
     return {**args, "gpu_memory_utilization": gpu_memory_utilization,
             "tensor_parallel_size": tensor_parallel_size,
-            "distributed_executor_backend": "uni" if tensor_parallel_size == 1 else "mp"}
+            "distributed_executor_backend": "uni" if tensor_parallel_size == 1 else "mp",
+            **({"weight_transfer_config": {"backend": "nccl"}} if weight_transfer else {})}
 
 
 class VLLMEngine(RolloutEngine):
     def __init__(self, model_dir: str, *, dtype: str, seed: int, max_model_len: int,
                  kv_cache_gb: float = 1.0, gpu_memory_utilization: float = 0.9,
-                 tensor_parallel_size: int = 1):
+                 tensor_parallel_size: int = 1, weight_transfer: bool = False):
         vllm_cpu_environment()
         from vllm import LLM
 
@@ -61,7 +65,8 @@ class VLLMEngine(RolloutEngine):
                                   kv_cache_gb=kv_cache_gb,
                                   gpu_memory_utilization=gpu_memory_utilization,
                                   tensor_parallel_size=tensor_parallel_size,
-                                  cuda=torch.cuda.is_available()))
+                                  cuda=torch.cuda.is_available(),
+                                  weight_transfer=weight_transfer))
         torch.set_num_threads = set_num_threads
         torch.set_num_threads(threads)
         random.setstate(saved_rng[0])
@@ -69,6 +74,10 @@ class VLLMEngine(RolloutEngine):
         torch.set_rng_state(saved_rng[2])
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len
+        config = self.llm.llm_engine.vllm_config
+        # What a trainer sending weights over vLLM's transfer engine needs to know.
+        self.dtype = str(config.model_config.dtype).removeprefix("torch.")
+        self.world_size = config.parallel_config.world_size
 
     def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int,
                  progress: bool = False) -> list[Rollout]:
