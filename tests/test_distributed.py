@@ -370,3 +370,37 @@ def test_a_ranks_local_gpu_is_the_one_ray_assigned_whether_or_not_ray_hides_the_
     assert local_gpu_index([3], "3") == 0  # Ray shows the actor its own GPU only
     assert local_gpu_index([3], None) == 3  # RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES
     assert local_gpu_index(["2"], "0,2,5") == 1  # the user's mask, Ray told not to set it
+
+
+def test_an_actor_that_cannot_see_the_run_directory_or_the_model_stops_the_start(tmp_path):
+    from selfplay.distributed.ray_actors import Actor
+    from selfplay.distributed.ray_group import DistributedError
+    from selfplay.distributed.ray_placement import RayPlacement
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    class Group:  # answers as actors on another machine would, through the real check
+        role = "trainer rank"
+
+        def __init__(self, hide):
+            self.hide = hide
+
+        def run(self, method, marker, token, model_config):
+            here = Actor().sees(marker, token, model_config)
+            return [here, (here[0] and "run" not in self.hide, here[1] and "model" not in self.hide,
+                           "10.0.0.2")]
+
+    placement = object.__new__(RayPlacement)
+    placement.run_dir = run_dir
+    placement._check_shared(Group(hide=()), str(model))  # both seen: no error
+    with pytest.raises(DistributedError) as error:
+        placement._check_shared(Group(hide=("run", "model")), str(model))
+    assert str(error.value) == (
+        f"trainer rank 1 (node 10.0.0.2) cannot see the run directory {run_dir} or the model "
+        f"{model}: with Ray on several machines, put them on a file system every node mounts "
+        "at the same path (NFS, a cluster file system)")
+    assert not (run_dir / ".shared-check").exists()

@@ -43,6 +43,15 @@ class Actor:
     def pid(self) -> int:
         return os.getpid()
 
+    def sees(self, marker: str, token: str, model_config: str) -> tuple[bool, bool, str]:
+        """Whether this actor's node sees the driver's run directory (the marker it wrote, with
+        its token) and the model; and the node's address, for the error."""
+        try:
+            run_dir = open(marker).read() == token
+        except OSError:
+            run_dir = False
+        return run_dir, os.path.exists(model_config), ray.util.get_node_ip_address()
+
 
 class TrainerRank(Actor):
     """One DeepSpeed rank. Every rank receives the same calls with the same arguments; the

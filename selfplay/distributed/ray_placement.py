@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 
 import psutil
@@ -63,6 +64,7 @@ class RayPlacement:
         # directory stops what a `kill -9` of this driver left behind (Ray's agents can outlive
         # their raylet).
         self.process_file = run_dir / ".ray-processes.json"
+        self.run_dir = run_dir
         self._connect(need_engine)
 
     # --- the cluster ---------------------------------------------------------------------------
@@ -141,6 +143,26 @@ class RayPlacement:
         self.actors.append(actor)
         return actor
 
+    def _check_shared(self, group: ActorGroup, model_dir: str) -> None:
+        """Every actor must see the run directory (trainer ranks write their checkpoint shards
+        there) and the model: across machines both must be on a file system they share."""
+        marker = (self.run_dir / ".shared-check").resolve()
+        token = uuid.uuid4().hex
+        marker.write_text(token)
+        try:
+            seen = group.run("sees", str(marker), token,
+                             str((Path(model_dir) / "config.json").resolve()))
+        finally:
+            marker.unlink(missing_ok=True)
+        for index, (run_dir, model, node) in enumerate(seen):
+            missing = [f"the run directory {self.run_dir.resolve()}"] if not run_dir else []
+            missing += [f"the model {Path(model_dir).resolve()}"] if not model else []
+            if missing:
+                raise DistributedError(
+                    f"{group.role} {index} (node {node}) cannot see {' or '.join(missing)}: "
+                    "with Ray on several machines, put them on a file system every node mounts "
+                    "at the same path (NFS, a cluster file system)", resumable=False)
+
     def _track(self, group: ActorGroup) -> ActorGroup:
         """`group`, once each of its actors is up (its pid recorded, for `actors_rss_mb`)."""
         self.pids += group.run("pid")
@@ -166,6 +188,7 @@ class RayPlacement:
                        weight_transfer=self.vllm_transfer and config.engine == "vllm")
         engines = [self._spawn(EngineWorker, role, config.engine, model_dir, options)
                    for _ in range(role.count)]
+        self._check_shared(ActorGroup(engines, role.name), model_dir)
         self.rollout_group = RayRolloutGroup(self._track(ActorGroup(engines, role.name)),
                                              model_dir, config.max_model_len)
         self._open_weight_group()
@@ -175,6 +198,7 @@ class RayPlacement:
         role = self.roles["trainer rank"]
         ranks = ActorGroup([self._spawn(TrainerRank, role) for _ in range(role.count)],
                            role.name)
+        self._check_shared(ranks, model_dir)
         host, port = ranks.run("address", first_only=True)[0]
         builds = []
         for rank, actor in enumerate(ranks.actors):
