@@ -4,7 +4,7 @@ and TRL's OnlineDPOTrainer, each given the same minutes of training on the same 
 
   python -m experiments.quality tune                  # the tune split: two settings per tool
   python -m experiments.quality test --seeds 41 42    # the four arms of these test seeds
-  python -m experiments.quality table                 # docs/quality-results.md from the JSON
+  python -m experiments.quality_tables               # docs/quality-results.md from the JSON
 
 Every run goes to runs/quality/PHASE/seedS/ARM and writes experiments/results/quality/PHASE/
 seedS-ARM.json when it ends; each seed's evaluation (base model and every arm in one
@@ -182,16 +182,13 @@ def test(seeds: list[int]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("phase", choices=["tune", "test", "table"])
+    parser.add_argument("phase", choices=["tune", "test"])
     parser.add_argument("--seeds", type=int, nargs="+", default=TEST_SEEDS)
     args = parser.parse_args()
     if args.phase == "tune":
         tune()
-    elif args.phase == "test":
-        test(args.seeds)
     else:
-        from experiments.quality_tables import write_tables
-        write_tables()
+        test(args.seeds)
 
 
 if __name__ == "__main__":
