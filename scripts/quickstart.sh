@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up the environment (first time: ~5 minutes), then the quickstart: SmolLM2-135M-Instruct
-# trained online with RePO to follow verifiable instructions (~20 minutes on 2 CPU cores),
+# trained online with RePO to follow verifiable instructions (5 minutes of training, ~10 in all
+# on 2 CPU cores),
 # its held-out score before and after, and the run report.
 #   bash scripts/quickstart.sh                     # the real quickstart
 #   bash scripts/quickstart.sh loop.iterations=4   # extra arguments go to `selfplay run`
