@@ -80,7 +80,7 @@ def run_offline(run_dir: Path, seed: int, lr: float, prompts: int) -> dict:
         sampled.write_text(json.dumps({"prompts": prompts, "seconds": seconds,
                                        "pairs": len(pairs.read_text().splitlines())}) + "\n")
     sample = json.loads(sampled.read_text())
-    left = MINUTES - sample["seconds"] / 60
+    left = max(MINUTES - sample["seconds"] / 60, 1e-3)  # sampling may take it all: 1 iteration
     train_dir = run_dir / "train"
     overrides = ["mode=offline", f"data.prompts={pairs}", f"train.lr={lr}"]
     if not (train_dir / "final" / "config.json").exists():

@@ -180,6 +180,10 @@ class DistributedConfig(Section):
     gpus_per_engine: float = Field(0.0, ge=0, description="ray: GPUs per rollout engine, "
                                    "whole GPUs (0 on CPU); more than 1 shards the engine over "
                                    "them (rollout.tensor_parallel_size).")
+    gpus_per_reward_worker: float = Field(0.0, ge=0, description="ray: GPUs per reward "
+                                          "worker, 0 or 1 (a reward model on a GPU: reserve it "
+                                          "here, with reward_workers ≥ 1, so Ray accounts for "
+                                          "it; the driver's own GPU use is not reserved).")
     cpus_per_actor: Optional[float] = Field(
         None, gt=0, description="ray: CPUs each actor reserves; null: a private Ray shares this "
         "machine's cores among the actors, a cluster gives each one CPU.")
@@ -207,6 +211,13 @@ class DistributedConfig(Section):
         if self.gpus_per_trainer not in (0, 1):
             raise ValueError(f"distributed.gpus_per_trainer: {self.gpus_per_trainer:g}: a "
                              "trainer rank takes 0 GPUs (CPU) or 1; for more GPUs add ranks")
+        if self.gpus_per_reward_worker not in (0, 1):
+            raise ValueError(f"distributed.gpus_per_reward_worker: "
+                             f"{self.gpus_per_reward_worker:g}: a reward worker takes 0 GPUs "
+                             "or 1")
+        if self.gpus_per_reward_worker and not self.reward_workers:
+            raise ValueError("distributed.gpus_per_reward_worker: needs reward_workers ≥ 1 (the "
+                             "driver's scoring reserves no GPU)")
         if self.gpus_per_engine != int(self.gpus_per_engine):
             raise ValueError(f"distributed.gpus_per_engine: {self.gpus_per_engine:g}: an engine "
                              "takes whole GPUs (vLLM refuses a GPU another process holds)")

@@ -68,7 +68,8 @@ def test_a_missing_gpu_is_named_before_any_work():
     roles = [Role("trainer rank", 2, 1.0, 1.0, 1), Role("rollout engine", 1, 1.0, 0.5, 1)]
     assert missing_resource({"CPU": 8.0}, roles) == (
         "the Ray cluster has 0 GPUs but the run needs 2.5 (2 trainer ranks × 1, 1 rollout "
-        "engine × 0.5); lower distributed.gpus_per_trainer/gpus_per_engine or use a larger "
+        "engine × 0.5); lower distributed.gpus_per_trainer/gpus_per_engine/"
+        "gpus_per_reward_worker or use a larger "
         "cluster")
     assert "has 2 CPUs but the run needs 3" in missing_resource(
         {"CPU": 2.0, "GPU": 4.0}, [Role("trainer rank", 3, 1.0, 1.0, 1)])
@@ -88,6 +89,15 @@ def test_an_actor_larger_than_every_node_is_named_though_the_cluster_total_suffi
         "that (at most 8 CPUs, 4 GPUs); lower distributed.cpus_per_actor")
     assert unplaceable(gpu_nodes, [Role("rollout engine", 1, 2.0, 2.0, 2)]) is None
     assert bundle(Role("trainer rank", 1, 1.5, 0.0, 1)) == {"CPU": 1.5}
+
+
+def test_a_reward_workers_gpu_is_reserved_with_the_others():
+    config = DistributedConfig(backend="ray", reward_workers=2, gpus_per_reward_worker=1)
+    roles = {r.name: r for r in plan_roles(config, cores=8, private=False, need_engine=True)}
+    assert roles["reward worker"].gpus == 1 and roles["trainer rank"].gpus == 0
+    assert "needs 2 (2 reward workers × 1)" in missing_resource({"CPU": 8.0}, list(roles.values()))
+    with pytest.raises(ValueError, match="needs reward_workers ≥ 1"):
+        DistributedConfig(backend="ray", gpus_per_reward_worker=1)
 
 
 def test_split_evenly_keeps_order_and_balance():
@@ -217,7 +227,8 @@ def test_asking_for_a_gpu_the_cluster_lacks_fails_before_any_work(tmp_path, no_r
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error: the Ray cluster has 0 GPUs but the run needs 1 (1 trainer rank × 1); lower "
-        "distributed.gpus_per_trainer/gpus_per_engine or use a larger cluster"]
+        "distributed.gpus_per_trainer/gpus_per_engine/gpus_per_reward_worker or use a larger "
+        "cluster"]
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 

@@ -39,7 +39,8 @@ def plan_roles(config, *, cores: int, private: bool, need_engine: bool) -> list[
         else:
             threads = max(1, int(cpus))
         gpus = {"trainer rank": config.gpus_per_trainer,
-                "rollout engine": config.gpus_per_engine}.get(name, 0.0)
+                "rollout engine": config.gpus_per_engine,
+                "reward worker": config.gpus_per_reward_worker}[name]
         roles.append(Role(name, count, cpus, gpus, threads))
     return roles
 
@@ -87,7 +88,8 @@ def unplaceable(nodes: list[dict[str, float]], roles: list[Role]) -> str | None:
 
 
 def _field(resource: str) -> str:
-    return "gpus_per_trainer/gpus_per_engine" if resource == "GPU" else "cpus_per_actor"
+    return ("gpus_per_trainer/gpus_per_engine/gpus_per_reward_worker" if resource == "GPU"
+            else "cpus_per_actor")
 
 
 def split_evenly(items: list, parts: int) -> list[list]:
