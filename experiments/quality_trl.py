@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -79,6 +80,8 @@ def train(seed: int, lr: float, beta: float, minutes: float, out: Path) -> dict:
                                train_dataset=dataset, processing_class=tokenizer,
                                callbacks=[TimeBudget()])
     trainer.train()
+    for stale in (out / ".tmp-final", out / "final"):  # a crashed earlier try's
+        shutil.rmtree(stale, ignore_errors=True)
     trainer.save_model(str(out / ".tmp-final"))
     tokenizer.save_pretrained(str(out / ".tmp-final"))
     (out / ".tmp-final").rename(out / "final")

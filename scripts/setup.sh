@@ -15,6 +15,7 @@ if [ "$SELFPLAY_GPU" = 1 ]; then
     if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
         echo "[setup] error: vLLM's GPU build (selfplay[gpu]) needs Python >= 3.11; python3 is" \
              "$(python3 -c 'import platform; print(platform.python_version())')" >&2
+        set +euo pipefail  # sourced: leave the caller's shell as it was
         return 1 2>/dev/null || exit 1
     fi
 else

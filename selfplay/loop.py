@@ -46,10 +46,14 @@ def run(recipe: Recipe, run_dir: Path, *, resume: bool = False, overwrite: bool 
     """Runs (or resumes) `recipe` in `run_dir` to `loop.iterations`, then exports `final/`."""
     prepare_run_dir(recipe, run_dir, resume=resume, overwrite=overwrite)
     total = recipe.loop.iterations
-    if resume and completed_iterations(run_dir) >= total and (run_dir / "final").exists():
-        echo(f"{run_dir}: already complete ({total} iterations); raise loop.iterations to "
-             "extend it")
-        return RunResult(run_dir, total, run_dir / "final", already_complete=True)
+    if resume and (run_dir / "final").exists():
+        done, elapsed_s = completed_state(run_dir)
+        budget = recipe.loop.max_minutes
+        if done >= total or (budget is not None and elapsed_s >= budget * 60):
+            raise_what = ("loop.iterations" if done >= total else "loop.max_minutes")
+            echo(f"{run_dir}: already complete ({done} iterations, {elapsed_s / 60:.1f} min); "
+                 f"raise {raise_what} to extend it")
+            return RunResult(run_dir, done, run_dir / "final", already_complete=True)
     loop = Loop(recipe, run_dir, progress=progress)
     try:
         if recipe.distributed.backend != "local":
@@ -62,7 +66,7 @@ def run(recipe: Recipe, run_dir: Path, *, resume: bool = False, overwrite: bool 
                 echo(f"resuming {run_dir} after iteration {loop.iteration}")
             else:
                 echo(f"{run_dir} has no complete checkpoint yet; starting from iteration 1")
-        while loop.iteration < total and not loop.out_of_time():
+        while loop.iteration < total and not loop.stopped:
             echo(format_summary(loop.step(), total))
         if loop.iteration < total:
             echo(f"time budget reached: loop.max_minutes={recipe.loop.max_minutes:g} after "
@@ -141,6 +145,9 @@ class Loop:
             pair_targets=build_pair_targets(recipe.gamma, beta, recipe.loop.seed))
         self.iteration = 0
         self.elapsed_s = 0.0  # seconds of the iterations done (resumed runs: from the checkpoint)
+        # The time budget ended the run: decided once per iteration, before it is evaluated and
+        # checkpointed, so the iteration that ends the run is always both.
+        self.stopped = self.out_of_time()
 
     def _check_prompt_lengths(self, table) -> None:
         """Refuses, before any work, a prompt that cannot fit the engine with its completion."""
@@ -163,8 +170,8 @@ class Loop:
         update = self._train(iteration, pairs)
         time_sync = self._sync(pairs)
         # The last iteration, of `loop.iterations` or of the time budget: evaluated and saved.
-        last = iteration == self.recipe.loop.iterations or self.out_of_time(
-            time.perf_counter() - started)
+        self.stopped = self.out_of_time(time.perf_counter() - started)
+        last = iteration == self.recipe.loop.iterations or self.stopped
         evaluation = self._evaluate_if_due(iteration, last)
         record = iteration_record(iteration, gamma_fields, collected, pair_stats, update,
                                   time_sync, evaluation)
@@ -328,6 +335,7 @@ class Loop:
             self.placement.sync_weights(self.trainer, self.engine)
         self.metrics.rewind(self.iteration, state.get("metrics"))
         self.elapsed_s = float((state.get("metrics") or {}).get("time_elapsed_s", 0.0))
+        self.stopped = self.out_of_time()  # killed after its last checkpoint, before final/
         return True
 
     def _write_rollouts(self, iteration, rows, rollouts, rewards, pairs) -> None:
@@ -393,5 +401,14 @@ def prepare_run_dir(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: b
 
 def completed_iterations(run_dir: Path) -> int:
     """Iterations covered by the newest complete checkpoint (0 when there is none)."""
+    return completed_state(run_dir)[0]
+
+
+def completed_state(run_dir: Path) -> tuple[int, float]:
+    """The newest complete checkpoint's iteration and the run's seconds up to it (0, 0.0 when
+    there is none)."""
     found = checkpoint.latest(run_dir / "checkpoints")
-    return checkpoint.load_state(found)["iteration"] if found else 0
+    if found is None:
+        return 0, 0.0
+    state = checkpoint.load_state(found)
+    return state["iteration"], float((state.get("metrics") or {}).get("time_elapsed_s", 0.0))

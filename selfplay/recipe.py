@@ -153,8 +153,10 @@ class LoopConfig(Section):
                             "extend a finished run).")
     max_minutes: Optional[float] = Field(
         None, gt=0, description="Time budget: stop after the iteration during which the run's "
-        "time (time_elapsed_s, carried across resumes) reaches this many minutes, checkpointed "
-        "and exported like the last; null: run all iterations. Raise it on --resume to extend.")
+        "time (time_elapsed_s, carried across resumes) reaches this many minutes, evaluated, "
+        "checkpointed and exported like the last; null: run all iterations. Raise it on "
+        "--resume to extend. Schedules (learning rate, γ schedule, the adaptive γ's target) "
+        "still span loop.iterations.")
     checkpoint_every: int = Field(1, gt=0, description="Checkpoint every k iterations (and at "
                                   "the last).")
     keep_checkpoints: int = Field(2, gt=0, description="Newest checkpoints kept on disk.")
@@ -221,7 +223,7 @@ class DistributedConfig(Section):
         if self.gpus_per_engine != int(self.gpus_per_engine):
             raise ValueError(f"distributed.gpus_per_engine: {self.gpus_per_engine:g}: an engine "
                              "takes whole GPUs (vLLM refuses a GPU another process holds)")
-        elif importlib.util.find_spec("ray") is None:
+        if self.backend == "ray" and importlib.util.find_spec("ray") is None:
             raise ValueError("distributed.backend: ray needs `pip install ray`")
         return self
 

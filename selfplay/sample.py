@@ -25,12 +25,15 @@ class SampleError(UserError, ValueError):
 def sample_pairs(recipe: Recipe, out: Path, prompts: int, *, overwrite: bool = False,
                  progress: bool = True, echo=print) -> dict:
     """Samples `prompts` prompts of the recipe's data (in the order an online run with the same
-    seed draws them, `data.prompts_per_iteration` at a time), scores and pairs their answers,
-    and writes one row per pair to `out` (prompt, chosen, rejected and their rewards). Returns
-    the counts and the seconds of sampling and scoring (engine start-up excluded)."""
+    seed and one sampling round per iteration draws them, `data.prompts_per_iteration` at a
+    time), scores and pairs their answers, and writes one row per pair to `out` (prompt, chosen,
+    rejected and their rewards). Always in this process: the recipe's `distributed` section and
+    `pairs.per_iteration` do not apply. Returns the counts and the seconds of sampling and
+    scoring (engine start-up excluded)."""
     from transformers import AutoTokenizer
 
-    from selfplay.distributed import build_placement
+    from selfplay.data import check_prompt_lengths
+    from selfplay.distributed.local import LocalPlacement
     from selfplay.models import resolve_model_path
     from selfplay.runtime import choose_accelerator
 
@@ -41,14 +44,19 @@ def sample_pairs(recipe: Recipe, out: Path, prompts: int, *, overwrite: bool = F
         raise SampleError(f"{out} already exists; use --overwrite to replace it")
     choose_accelerator()
     scratch = tempfile.TemporaryDirectory()  # where builtin:tiny is built (from loop.seed)
-    placement, engine = build_placement(recipe, need_engine=True, run_dir=Path(scratch.name)), None
+    placement, engine = LocalPlacement(), None
     try:
         model_dir = resolve_model_path(recipe.model.path, Path(scratch.name),
                                        seed=recipe.loop.seed)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         data = recipe.data
-        stream = PromptStream(load_prompt_table(data.prompts, data.prompt_field),
-                              data.prompt_field, seed=recipe.loop.seed, shuffle=data.shuffle)
+        table = load_prompt_table(data.prompts, data.prompt_field)
+        rows = to_prompt_rows(list(table), data.prompt_field, tokenizer, data.chat_template)
+        check_prompt_lengths([len(tokenizer(r.text)["input_ids"]) for r in rows],
+                             recipe.rollout.max_model_len, recipe.rollout.max_new_tokens,
+                             data.prompts)
+        stream = PromptStream(table, data.prompt_field, seed=recipe.loop.seed,
+                              shuffle=data.shuffle)
         engine = placement.rollout(model_dir, recipe.rollout, dtype=recipe.model.dtype,
                                    seed=recipe.loop.seed)
         rewarder = placement.rewarder(recipe.reward)
@@ -88,6 +96,10 @@ def sample_pairs(recipe: Recipe, out: Path, prompts: int, *, overwrite: bool = F
         finally:
             placement.close()
             scratch.cleanup()
+    if not lines:
+        raise SampleError(f"no pairs: the answers to all {prompts} prompts tied in reward "
+                          f"(pairs.min_reward_gap {recipe.pairs.min_reward_gap:g}); sample more "
+                          "prompts or raise rollout.n")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in lines))

@@ -251,6 +251,11 @@ def test_a_time_budget_ends_the_run_checkpointed_and_resume_extends_it(tmp_path)
     records = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 1 and records[0]["eval_reward_mean"] is not None  # evaluated as last
 
+    again = run_cli("run", TINY_RECIPE, "-o", run_dir, "--resume", *overrides,
+                    "loop.iterations=5", "loop.checkpoint_every=4", "loop.max_minutes=0.0001")
+    assert again.returncode == 0 and "already complete (1 iterations" in again.stdout
+    assert "raise loop.max_minutes to extend it" in again.stdout
+
     extended = run_cli("run", TINY_RECIPE, "-o", run_dir, "--resume", *overrides,
                        "loop.iterations=3", "loop.checkpoint_every=4", "loop.max_minutes=1000")
     assert extended.returncode == 0, extended.stderr[-3000:]

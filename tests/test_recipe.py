@@ -221,3 +221,13 @@ def test_an_engine_sharded_over_its_gpus_is_accepted():
     recipe = load(TINY_RECIPE, ["distributed.backend=ray", "distributed.gpus_per_engine=2",
                                 "rollout.tensor_parallel_size=2"])
     assert recipe.rollout.tensor_parallel_size == 2
+
+
+def test_a_local_recipe_needs_no_ray_installed(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "ray" else real(name, *a))
+    assert load(TINY_RECIPE).distributed.backend == "local"
+    with pytest.raises(RecipeError, match="needs `pip install ray`"):
+        load(TINY_RECIPE, ["distributed.backend=ray"])

@@ -48,5 +48,11 @@ def test_sample_never_overwrites_and_refuses_an_offline_recipe(tmp_path):
     assert out.read_text() == "keep me\n"
     offline = run_cli("sample", TINY_RECIPE, "--prompts", 4, "-o", tmp_path / "new.jsonl", HF,
                       "mode=offline")
-    assert offline.returncode == 1 and "mode: offline" in offline.stderr
+    assert offline.returncode == 1
+    assert offline.stderr.strip().splitlines()[-1].startswith(
+        "error: selfplay sample: the recipe is mode: offline")
+    too_long = run_cli("sample", TINY_RECIPE, "--prompts", 4, "-o", tmp_path / "new.jsonl", HF,
+                       "rollout.max_model_len=20")
+    assert too_long.returncode == 1 and "Traceback" not in too_long.stderr
+    assert "rollout.max_model_len" in too_long.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "new.jsonl").exists()

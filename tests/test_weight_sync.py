@@ -79,9 +79,14 @@ def test_each_engines_workers_get_their_own_ranks_and_every_call_reaches_every_e
     monkeypatch.setattr(vllm_transfer, "wait_all", lambda futures, role: futures)
     engines = [FakeEngine(calls), FakeEngine(calls), FakeEngine(calls)]
     client = vllm_transfer.EngineClient(engines, world_sizes=[2, 1, 2])  # tensor parallel 2, 1, 2
-    client.init_weight_transfer_engine({"master_port": 5, "world_size": 6, "rank_offset": 1})
+    from vllm.distributed.weight_transfer.nccl_common import (NCCLWeightTransferInitInfo,
+                                                             worker_init_payload)
+    from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferUpdateInfo
+    client.init_weight_transfer_engine(worker_init_payload(NCCLWeightTransferInitInfo(
+        master_address="10.0.0.1", master_port=5, rank_offset=1, world_size=6)))
     assert [args[0]["init_info"]["rank_offset"] for _, _, args in calls] == [1, 3, 4]
-    assert all(args[0]["init_info"]["world_size"] == 6 for _, _, args in calls)
+    for _, _, args in calls:  # what each engine's LLM.init_weight_transfer_engine receives
+        assert NCCLWeightTransferInitInfo(**args[0]["init_info"]).world_size == 6
     calls.clear()
     client.start_weight_update()
     client.update_weights({"names": ["a"], "dtype_names": ["bfloat16"], "shapes": [[2, 3]]})
@@ -91,6 +96,7 @@ def test_each_engines_workers_get_their_own_ranks_and_every_call_reaches_every_e
                                                   + ["finish_weight_update"] * 3)
     assert calls[3][2] == ({"update_info": {"names": ["a"], "dtype_names": ["bfloat16"],
                                             "shapes": [[2, 3]]}},)
+    assert NCCLWeightTransferUpdateInfo(**calls[3][2][0]["update_info"]).names == ["a"]
 
 
 def test_vllms_transfer_is_used_only_when_trainer_ranks_and_engines_all_have_gpus():

@@ -4,7 +4,9 @@ The driver (the `selfplay run` process) keeps the loop, the data, the γ control
 checkpoint bookkeeping; it calls the actor groups step by step, as OpenRLHF and verl do, which a
 run-to-completion Ray Train worker would not allow. Weights go from trainer rank 0 to every engine
 in memory, as `distributed.weight_sync` says: through Ray's object store (the driver only passes
-the reference on), or broadcast over a gloo group of their own (selfplay.distributed.weight_sync).
+the reference on), or broadcast over a group of their own: gloo (selfplay.distributed.weight_sync),
+or, when trainer ranks and vLLM engines all have GPUs, vLLM's NCCL weight-transfer engine
+(selfplay.distributed.vllm_transfer).
 The placement moves them (`sync_weights`): the trainer and rollout groups never see each other.
 """
 from __future__ import annotations
@@ -59,7 +61,8 @@ class RayPlacement:
         self.broadcasts = False  # True once the gloo weight group joins rank 0 to the engines
         self.placement_group = None  # every actor's resources, reserved at once
         # Trainer ranks and engines all on GPUs: the weights go over vLLM's own NCCL engine.
-        self.vllm_transfer = self.config.weight_sync == "gloo" and all_on_gpus(self.config)
+        self.vllm_transfer = (self.config.weight_sync == "gloo" and all_on_gpus(self.config)
+                              and recipe.rollout.engine == "vllm")
         # The processes of the Ray this run starts, so that a later start in the same run
         # directory stops what a `kill -9` of this driver left behind (Ray's agents can outlive
         # their raylet).
@@ -188,7 +191,6 @@ class RayPlacement:
                        weight_transfer=self.vllm_transfer and config.engine == "vllm")
         engines = [self._spawn(EngineWorker, role, config.engine, model_dir, options)
                    for _ in range(role.count)]
-        self._check_shared(ActorGroup(engines, role.name), model_dir)
         self.rollout_group = RayRolloutGroup(self._track(ActorGroup(engines, role.name)),
                                              model_dir, config.max_model_len)
         self._open_weight_group()
@@ -223,7 +225,8 @@ class RayPlacement:
         timeout, ranks, engines = self.config.timeout_s, trainer.group, rollout.group
         if self.vllm_transfer:  # GPUs on both sides: vLLM's NCCL engine, opened now
             sizes, dtypes = zip(*engines.run("transfer_spec"))
-            ranks.run("open_vllm_transfer", engines.actors, list(sizes), dtypes[0])
+            self._vllm_transfer_call(ranks, engines, "open_vllm_transfer", engines.actors,
+                                     list(sizes), dtypes[0])
             self.broadcasts = True
             return
         host, port, spec = ranks.run("host_weight_group", timeout, first_only=True)[0]
@@ -244,7 +247,7 @@ class RayPlacement:
             engines.run("update_weights", wrapped_ref)
             return
         if self.vllm_transfer:  # every rank takes part (the gather); rank 0 drives the engines
-            ranks.run("send_vllm_weights")
+            self._vllm_transfer_call(ranks, engines, "send_vllm_weights")
             return
         sends, receives = ranks.futures("send_weights"), engines.futures("receive_weights")
         try:
@@ -253,6 +256,20 @@ class RayPlacement:
             name_a_dead_actor({actor: ranks.role for actor in ranks.actors}
                               | {actor: engines.role for actor in engines.actors})
             raise DistributedError(str(error)) from None
+
+    @staticmethod
+    def _vllm_transfer_call(ranks: ActorGroup, engines: ActorGroup, method: str, *args) -> None:
+        """A call of vLLM's weight transfer on every rank, its failure in one line (naming a dead
+        engine or rank when Ray knows of one). vLLM's NCCL calls have no timeout of their own."""
+        try:
+            ranks.run(method, *args)
+        except DistributedError:
+            raise
+        except Exception as error:  # vLLM's or NCCL's own error, raised in rank 0
+            name_a_dead_actor({actor: ranks.role for actor in ranks.actors}
+                              | {actor: engines.role for actor in engines.actors})
+            raise DistributedError(f"the weight transfer to the engines failed "
+                                   f"({short_error(error)})") from None
 
     def actors_rss_mb(self) -> float | None:
         """Resident memory of this run's actors on this machine (a private Ray), in MB."""

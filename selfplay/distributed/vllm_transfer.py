@@ -28,8 +28,8 @@ class TrainerWeights(WeightSource):
     """The trainer's weights under their Hugging Face names, cast to the engines' dtype on this
     rank's GPU (a bf16 engine receives half the bytes of an fp32 trainer's weights)."""
 
-    def __init__(self, trainer, dtype: torch.dtype, device: torch.device):
-        self.trainer, self.dtype, self.device = trainer, dtype, device
+    def __init__(self, trainer, dtype: torch.dtype, device: torch.device, sender: bool = True):
+        self.trainer, self.dtype, self.device, self.sender = trainer, dtype, device, sender
 
     def metadata(self) -> list[ParamMeta]:
         # Shapes without gathering anything (ZeRO-3 keeps a shard's full shape).
@@ -38,7 +38,8 @@ class TrainerWeights(WeightSource):
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in self.trainer.named_weights():
-            yield name, tensor.to(self.device, self.dtype)
+            # The other ranks only take part in the gather: nothing of theirs is sent.
+            yield name, tensor.to(self.device, self.dtype) if self.sender else tensor
 
 
 class EngineClient:
@@ -85,4 +86,4 @@ def open_trainer_side(trainer, engines: list, world_sizes: list[int], dtype: str
                                world_size=1 + sum(world_sizes), rank=rank, packed=True)
     return WeightTransferTrainerFactory.trainer_init(
         info, client=EngineClient(engines, world_sizes),
-        source=TrainerWeights(trainer, getattr(torch, dtype), device))
+        source=TrainerWeights(trainer, getattr(torch, dtype), device, sender=rank == 0))
