@@ -90,6 +90,7 @@ def run_offline(run_dir: Path, seed: int, lr: float, prompts: int) -> dict:
     done = records(train_dir)
     return {"train_minutes": sample["seconds"] / 60 + done[-1]["time_elapsed_s"] / 60,
             "sample_minutes": sample["seconds"] / 60, "iterations": len(done),
+            "sampling_took_the_budget": sample["seconds"] / 60 >= MINUTES,
             "prompts_sampled": prompts, "pairs_sampled": sample["pairs"],
             "pairs_trained": sum(r.get("n_pairs") or 0 for r in done), "overrides": overrides}
 

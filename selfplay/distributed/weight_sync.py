@@ -8,7 +8,8 @@ The group is a bare `ProcessGroupGloo` on a `PrefixStore`, never `init_process_g
 rank 0 already has DeepSpeed's default group and each engine vLLM's, and neither may change. The
 tensors' names, shapes and dtypes go to the engines once, through Ray, when the group opens; each
 sync then sends only the tensors, one broadcast each, in that order, into buffers allocated for
-that sync (nothing whole-model is kept between syncs).
+that sync: during a sync each engine holds a whole-model copy (and a GPU trainer one in host
+memory, all broadcasts being posted before any is waited on); between syncs, nothing.
 """
 from __future__ import annotations
 
