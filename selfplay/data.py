@@ -118,6 +118,12 @@ def check_text_file(source: Path, prompt_field: str, field: str) -> None:
                             f"{value!r}, not a non-empty string: write every prompt as text")
 
 
+def check_rows_fit(rows: list, tokenizer, rollout, source: str) -> None:
+    """`check_prompt_lengths` for chat-formatted PromptRows and a recipe's rollout section."""
+    check_prompt_lengths([len(tokenizer(r.text)["input_ids"]) for r in rows],
+                         rollout.max_model_len, rollout.max_new_tokens, source)
+
+
 def check_prompt_lengths(prompt_token_counts: list[int], max_model_len: int,
                          max_new_tokens: int, source: str,
                          names: tuple[str, str] = ("rollout.max_new_tokens=",

@@ -21,10 +21,10 @@ from selfplay.errors import UserError
 from selfplay.losses import get_loss
 from selfplay.metrics import (MetricsLog, UpdateSummary, build_sinks, finish_record,
                               format_summary, iteration_record, reward_mean_std, rollout_summary)
-from selfplay.pairs import PairStats, offline_pairs, self_play_pairs
+from selfplay.pairs import PairStats, offline_pairs
 from selfplay.recipe import RESUMABLE_CHANGES, Recipe
 from selfplay.runtime import rollout_dtype, train_precision
-from selfplay.scoring import score_rollouts
+from selfplay.scoring import play_round, score_rollouts
 from selfplay.seeding import eval_seed, sampling_seed
 from selfplay.types import Pair, SamplingConfig
 
@@ -125,8 +125,7 @@ class Loop:
             self._check_prompt_lengths(table)
         self.controller = build_controller(recipe.gamma, recipe.loop.iterations)
         rollout = recipe.rollout
-        self.sampling = SamplingConfig(n=rollout.n, max_new_tokens=rollout.max_new_tokens,
-                                       temperature=rollout.temperature, top_p=rollout.top_p)
+        self.sampling = rollout.sampling()
         if recipe.mode == "online" or self.eval_rows:  # offline runs without eval never sample
             self.engine = self.placement.rollout(model_dir, rollout, dtype=recipe.model.dtype,
                                                  seed=recipe.loop.seed)
@@ -147,18 +146,17 @@ class Loop:
         self.elapsed_s = 0.0  # seconds of the iterations done (resumed runs: from the checkpoint)
         # The time budget ended the run: decided once per iteration, before it is evaluated and
         # checkpointed, so the iteration that ends the run is always both.
-        self.stopped = self.out_of_time()
+        self.stopped = False
 
     def _check_prompt_lengths(self, table) -> None:
         """Refuses, before any work, a prompt that cannot fit the engine with its completion."""
-        from selfplay.data import check_prompt_lengths
+        from selfplay.data import check_rows_fit
 
         data, rollout = self.recipe.data, self.recipe.rollout
         rows = to_prompt_rows(list(table), data.prompt_field, self.tokenizer, data.chat_template)
         for source, checked in ((data.prompts, rows), (self.recipe.eval.prompts, self.eval_rows)):
             if checked:
-                check_prompt_lengths([len(self.tokenizer(r.text)["input_ids"]) for r in checked],
-                                     rollout.max_model_len, rollout.max_new_tokens, source)
+                check_rows_fit(checked, self.tokenizer, rollout, source)
 
     # --- one iteration ---------------------------------------------------------------------------
     def step(self) -> dict:
@@ -211,25 +209,17 @@ class Loop:
         for round_ in range(recipe.pairs.max_rounds if quota else 1):
             if round_:
                 rows = self._prompt_rows(self.stream.next_batch(recipe.data.prompts_per_iteration))
-            started = time.perf_counter()
-            rollouts = self.engine.generate(
-                [r.text for r in rows], self.sampling,
-                seed=sampling_seed(recipe.loop.seed, iteration, round_), progress=self.progress)
-            time_generate += time.perf_counter() - started
-            started = time.perf_counter()
-            rewards = score_rollouts(self.rewarder, recipe.reward.name, rows, rollouts,
-                                     timeout_s=recipe.reward.timeout_s)
-            time_reward += time.perf_counter() - started
-            made, made_stats = self_play_pairs(
-                recipe.pairs.strategy, [r.prompt_ids for r in rollouts],
-                [r.completions for r in rollouts], rewards, recipe.pairs.min_reward_gap)
-            for pair in made:  # prompts numbered across the rounds
+            played = play_round(self.engine, self.rewarder, recipe, rows, self.sampling,
+                                sampling_seed(recipe.loop.seed, iteration, round_), self.progress)
+            time_generate += played.generate_s
+            time_reward += played.reward_s
+            for pair in played.pairs:  # prompts numbered across the rounds
                 pair.prompt_index += len(every_row)
             every_row += rows
-            every_rollout += rollouts
-            every_reward += rewards
-            pairs += made
-            stats += made_stats
+            every_rollout += played.rollouts
+            every_reward += played.rewards
+            pairs += played.pairs
+            stats += played.stats
             rounds += 1
             if quota is None or len(pairs) >= quota:
                 break

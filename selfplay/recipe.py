@@ -77,6 +77,12 @@ class RolloutConfig(Section):
                                       "shards the model over (ray: equals "
                                       "distributed.gpus_per_engine).")
 
+    def sampling(self):
+        """The sampling settings of a rollout (what the engines take)."""
+        from selfplay.types import SamplingConfig
+        return SamplingConfig(n=self.n, max_new_tokens=self.max_new_tokens,
+                              temperature=self.temperature, top_p=self.top_p)
+
 
 class RewardConfig(Section):
     name: str = Field(..., description="A built-in rewarder's short name or "

@@ -10,11 +10,9 @@ from pathlib import Path
 
 from selfplay.data import load_prompt_table, to_prompt_rows, PromptStream
 from selfplay.errors import UserError
-from selfplay.pairs import self_play_pairs
 from selfplay.recipe import Recipe
-from selfplay.scoring import score_rollouts
+from selfplay.scoring import play_round
 from selfplay.seeding import sampling_seed
-from selfplay.types import SamplingConfig
 
 
 class SampleError(UserError, ValueError):
@@ -32,7 +30,7 @@ def sample_pairs(recipe: Recipe, out: Path, prompts: int, *, overwrite: bool = F
     scoring (engine start-up excluded)."""
     from transformers import AutoTokenizer
 
-    from selfplay.data import check_prompt_lengths
+    from selfplay.data import check_rows_fit
     from selfplay.distributed.local import LocalPlacement
     from selfplay.models import resolve_model_path
     from selfplay.runtime import choose_accelerator
@@ -51,19 +49,15 @@ def sample_pairs(recipe: Recipe, out: Path, prompts: int, *, overwrite: bool = F
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         data = recipe.data
         table = load_prompt_table(data.prompts, data.prompt_field)
-        rows = to_prompt_rows(list(table), data.prompt_field, tokenizer, data.chat_template)
-        check_prompt_lengths([len(tokenizer(r.text)["input_ids"]) for r in rows],
-                             recipe.rollout.max_model_len, recipe.rollout.max_new_tokens,
-                             data.prompts)
+        check_rows_fit(to_prompt_rows(list(table), data.prompt_field, tokenizer,
+                                      data.chat_template), tokenizer, recipe.rollout, data.prompts)
         stream = PromptStream(table, data.prompt_field, seed=recipe.loop.seed,
                               shuffle=data.shuffle)
         engine = placement.rollout(model_dir, recipe.rollout, dtype=recipe.model.dtype,
                                    seed=recipe.loop.seed)
         rewarder = placement.rewarder(recipe.reward)
         rewarder.bind_policy(engine)
-        rollout = recipe.rollout
-        sampling = SamplingConfig(n=rollout.n, max_new_tokens=rollout.max_new_tokens,
-                                  temperature=rollout.temperature, top_p=rollout.top_p)
+        sampling = recipe.rollout.sampling()
         # The seconds of sampling and scoring, as a run's time_elapsed_s counts (no start-up).
         lines, done, batch, started = [], 0, 0, time.perf_counter()
         while done < prompts:
@@ -71,15 +65,9 @@ def sample_pairs(recipe: Recipe, out: Path, prompts: int, *, overwrite: bool = F
             count = min(data.prompts_per_iteration, prompts - done)
             raw = stream.next_batch(count)
             rows = to_prompt_rows(raw, data.prompt_field, tokenizer, data.chat_template)
-            rollouts = engine.generate([r.text for r in rows], sampling,
-                                       seed=sampling_seed(recipe.loop.seed, batch, 0),
-                                       progress=progress)
-            rewards = score_rollouts(rewarder, recipe.reward.name, rows, rollouts,
-                                     timeout_s=recipe.reward.timeout_s)
-            pairs, _ = self_play_pairs(recipe.pairs.strategy, [r.prompt_ids for r in rollouts],
-                                       [r.completions for r in rollouts], rewards,
-                                       recipe.pairs.min_reward_gap)
-            for pair in pairs:
+            played = play_round(engine, rewarder, recipe, rows, sampling,
+                                sampling_seed(recipe.loop.seed, batch, 0), progress)
+            for pair in played.pairs:
                 row = dict(raw[pair.prompt_index])
                 row.update({data.chosen_field: pair.chosen.text,
                             data.rejected_field: pair.rejected.text,
