@@ -49,19 +49,24 @@ def result_path(split: str, setting: str, seed: int) -> Path:
     return RESULTS / split / setting / f"seed-{seed}.json"
 
 
+def toy_run(seed: int, eval_prompts: str, overrides: list[str]) -> list[dict]:
+    """One run of the letter-groups recipe in a temporary directory: its metrics records."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        command = [sys.executable, "-m", "selfplay.cli", "run", str(RECIPE), "-o", str(run_dir),
+                   "--no-progress", f"loop.seed={seed}", f"eval.prompts={eval_prompts}",
+                   *COMMON, *overrides]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=child_env())
+        if done.returncode != 0:
+            raise SystemExit(f"{overrides} seed {seed} failed:\n{done.stderr[-3000:]}")
+        return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def run_one(split: str, setting: str, overrides: list[str], seed: int) -> dict:
     path = result_path(split, setting, seed)
     if path.exists():
         return json.loads(path.read_text())
-    with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp) / "run"
-        command = [sys.executable, "-m", "selfplay.cli", "run", str(RECIPE), "-o", str(run_dir),
-                   "--no-progress", f"loop.seed={seed}", f"eval.prompts={SPLITS[split]['eval']}",
-                   *COMMON, *overrides]
-        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=child_env())
-        if done.returncode != 0:
-            raise SystemExit(f"{setting} seed {seed} failed:\n{done.stderr[-3000:]}")
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = toy_run(seed, SPLITS[split]["eval"], overrides)
     result = {"split": split, "setting": setting, "seed": seed, "overrides": overrides,
               "final_heldout_reward": records[-1]["eval_reward_mean"],
               "train_reward": [r["reward_mean"] for r in records],

@@ -247,7 +247,7 @@ class LoggingConfig(Section):
     end_margins: Literal["auto", "always"] = Field(
         "auto", description="Score every pair again after the update (active_fraction_end, "
         "margin_end_p50): a no-grad pass of about a fifth of an update. auto: only when the γ "
-        "controller reads it (adaptive); always: for every controller.")
+        "controller reads it (no built-in one does); always: for every controller.")
     tensorboard: bool = Field(False, description="Also log every numeric metric to "
                               "RUN_DIR/tensorboard (step = iteration).")
     wandb: bool = Field(False, description="Also log every numeric metric to Weights & Biases "

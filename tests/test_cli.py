@@ -32,7 +32,7 @@ def test_help_explains_commands():
 
 def test_fields_lists_every_recipe_field_with_default_and_help():
     gamma = run_cli("fields", "gamma").stdout.splitlines()
-    target = next(line for line in gamma if line.startswith("gamma.target_start"))
+    target = next(line for line in gamma if line.startswith("gamma.active_start"))
     assert "0.8" in target and "active" in target
     assert all(line.startswith("gamma.") for line in gamma)
     assert "model.path" in run_cli("fields").stdout
@@ -340,7 +340,7 @@ def test_adaptive_gamma_trajectory_survives_a_resume(tmp_path):
 
     def trajectory(run_dir):
         records = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-        return [(r["gamma"], r["gamma_target_active_end"], r["gamma_next"]) for r in records]
+        return [(r["gamma"], r["gamma_estimate"], r["gamma_next"]) for r in records]
 
     assert trajectory(straight) == trajectory(split)
     assert len({gamma for gamma, _, _ in trajectory(straight)}) > 1  # γ actually moved

@@ -21,7 +21,6 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from selfplay.schema import Section
-from selfplay.stats import active_fraction
 
 __all__ = ["CONFIGS", "CONTROLLERS", "REGISTRY", "AdaptiveConfig", "AdaptiveGamma",
            "FixedConfig", "FixedGamma", "GammaController", "GammaPO", "GammaPOConfig",
@@ -44,19 +43,17 @@ class ScheduleConfig(Section):
 
 class AdaptiveConfig(Section):
     controller: Literal["adaptive"] = "adaptive"
-    initial: float = Field(0.5, ge=0, description="γ of the first iteration.")
-    target_start: float = Field(0.8, gt=0, lt=1, description="Share of pairs still active after "
-                                "the first update (many pairs learn early).")
-    target_end: float = Field(0.7, gt=0, lt=1, description="That share at the last iteration "
-                              "(only the hard pairs late: the paper's curriculum).")
-    window: int = Field(4, ge=1, description="Iterations whose margins are pooled into one "
-                        "estimate (more: steadier γ, slower to follow).")
-    band_z: float = Field(1.5, ge=0, description="γ stays while the pooled active share is "
-                          "within this many standard errors of its target.")
-    drift_z: float = Field(2.0, ge=0, description="The margins' trend is used only when it is "
-                           "this many standard errors from zero.")
-    smoothing: float = Field(0.5, gt=0, le=1, description="Share of the way γ moves toward a "
-                             "new estimate.")
+    initial: float = Field(0.5, ge=0, description="γ until three iterations have been seen.")
+    active_start: float = Field(0.8, gt=0, lt=1, description="Share of fresh pairs that γ "
+                                "leaves active (margin below γ) at the first iteration: γ is "
+                                "this quantile of the recent fresh margins.")
+    active_end: float = Field(0.8, gt=0, lt=1, description="That share at the last iteration "
+                              "(lower it for the paper's large-to-small curriculum).")
+    window: int = Field(6, ge=3, description="Recent iterations whose margins give the estimate "
+                        "and its noise (more: steadier γ, slower to follow).")
+    band_z: float = Field(2.0, ge=0, description="γ moves only when the estimate is this many "
+                          "standard errors away from it (errors from the spread between "
+                          "iterations).")
     gamma_min: float = Field(0.05, ge=0, description="Lower bound of γ.")
     gamma_max: float = Field(2.0, gt=0, description="Upper bound of γ.")
 
@@ -205,38 +202,41 @@ class ScheduledGamma(GammaController):
 
 
 class AdaptiveGamma(GammaController):
-    """Sets γ from the observed margins so that the share of pairs still active at the end of
-    each update stays near a target that falls over the run (docs/adaptive-gamma.md).
+    """γ at a quantile of the recent fresh margins, moved only when the margins say so beyond
+    their own noise (docs/adaptive-gamma.md).
 
-    One iteration brings only a handful of pairs, so no decision rests on one iteration: the
-    end margins of the last ``window`` iterations are pooled (each pair counts once, so an
-    iteration weighs by its pair count). After iteration t:
+    A quantile is scale-free: the margins' scale differs by model, answer length and learning
+    rate, a share of pairs does not. Fresh margins (each pair's margin before its own update
+    step) depend on the policy, not on γ, so γ cannot feed back into what it is estimated from.
 
-    1. Trend: the slope of the per-iteration median fresh margin over the window, by weighted
-       least squares. It is used only when it is ``drift_z`` standard errors from zero (the
-       error from each median's sampling noise); otherwise it is 0. Each pooled margin is
-       carried forward by slope × its age, to where the next batch is expected.
-    2. Dead zone: if the pooled share below the current γ is within ``band_z`` standard errors
-       (√(a(1−a)/N) for target a and N pooled pairs) of the target, γ stays.
-    3. Otherwise γ moves ``smoothing`` of the way to the pooled quantile at next iteration's
-       target, but not below the pooled median fresh margin (half the new pairs get a
-       gradient), and stays within ``[gamma_min, gamma_max]``.
+    After iteration t, with q the share of fresh pairs to leave active at iteration t+1:
+
+    1. Each iteration i of the last ``window`` gives one number, s_i = the q-quantile of its
+       fresh margins. The s_i vary from iteration to iteration by pair sampling, by the update
+       the pairs of one iteration share, and by the policy's drift; their spread measures all of
+       it (pair counts would measure only the first).
+    2. The estimate is the mean of the s_i, with standard error sd(s)/√k.
+    3. γ moves to the estimate, within ``[gamma_min, gamma_max]``, only when it is more than
+       ``band_z`` standard errors away; otherwise it stays. Nothing makes a move one-way: the
+       estimate falls as readily as it rises.
+
+    A fitted trend was tried, to follow drift sooner: over six iterations its false alarms
+    raised γ's spread on stationary margins from 0.10 to 0.14 (the tests' simulation), while the
+    plain mean lags a drift by only (window − 1)/2 iterations.
     """
 
     name = "adaptive"
-    reads_end_margins = True
 
     def __init__(self, config: AdaptiveConfig, iterations: int) -> None:
         self.targets = ScheduledGamma(
-            ScheduleConfig(start=config.target_start, end=config.target_end), iterations)
-        self.window, self.band_z, self.drift_z = config.window, config.band_z, config.drift_z
-        self.smoothing = config.smoothing
+            ScheduleConfig(start=config.active_start, end=config.active_end), iterations)
+        self.window, self.band_z = config.window, config.band_z
         self.gamma_min, self.gamma_max = config.gamma_min, config.gamma_max
         self._gamma = _finite("initial", config.initial)
         self._iteration = 1
-        # Per recent iteration: its number, fresh (start) margins and end margins.
+        # Per recent iteration with pairs: its number and its fresh margins.
         self._history: list[dict[str, Any]] = []
-        self._last: dict[str, Any] = {}  # what the last update saw and decided, for the log
+        self._last: dict[str, Any] = {}  # what the last update estimated and decided, for the log
 
     @property
     def value(self) -> float:
@@ -244,64 +244,38 @@ class AdaptiveGamma(GammaController):
 
     @property
     def target(self) -> float:
-        """Target share of pairs still active after the update of the iteration about to run."""
+        """Share of fresh pairs γ should leave active in the iteration about to run."""
         return self.targets.gamma_at(self._iteration)
 
     def update(self, observation: MarginObservation) -> None:
-        finished = observation.iteration
-        target_now = self.targets.gamma_at(finished)
-        self._iteration = finished + 1
+        self._iteration = observation.iteration + 1
         self._last = {}
-        if not observation.margins_end:
-            return  # nothing was trained: nothing to learn from
-        self._history.append({"iteration": finished,
-                              "start": [float(m) for m in observation.margins_start],
-                              "end": [float(m) for m in observation.margins_end]})
+        margins = [float(m) for m in observation.margins_start]
+        if len(margins) < 2:
+            return  # too few pairs to say where a quantile lies
+        self._history.append({"iteration": observation.iteration, "start": margins})
         self._history = self._history[-self.window:]
-        slope = self._trend(finished)
-        # Every pooled margin carried forward to the iteration about to run.
-        def carried(key: str) -> np.ndarray:
-            return np.concatenate([np.asarray(h[key], dtype=float)
-                                   + slope * (finished + 1 - h["iteration"])
-                                   for h in self._history] or [np.empty(0)])
+        if len(self._history) < 3:
+            return  # fewer iterations cannot say how noisy their estimate is
+        estimate, stderr = self.estimate(self.target)
+        moved = abs(estimate - self._gamma) > self.band_z * stderr
+        if moved:
+            self._gamma = min(self.gamma_max, max(self.gamma_min, estimate))
+        self._last = {"estimate": estimate, "stderr": stderr, "moved": moved}
 
-        ends, starts = carried("end"), carried("start")
-        active = active_fraction(ends, [self._gamma] * len(ends))
-        stderr = math.sqrt(target_now * (1.0 - target_now) / len(ends))
-        self._last = {"pooled_pairs": len(ends), "active_end_pooled": active, "drift": slope}
-        if abs(active - target_now) <= self.band_z * stderr:
-            return  # within what sampling noise explains: γ stays
-        proposal = float(np.quantile(ends, self.target))
-        if len(starts):
-            proposal = max(proposal, float(np.median(starts)))
-        self._last["proposal"] = proposal
-        moved = self._gamma + self.smoothing * (proposal - self._gamma)
-        self._gamma = min(self.gamma_max, max(self.gamma_min, moved))
-
-    def _trend(self, now: int) -> float:
-        """Per-iteration slope of the median fresh margin, or 0 when noise explains it."""
-        points = [(h["iteration"], np.median(h["start"]), len(h["start"]), np.asarray(h["start"]))
-                  for h in self._history if len(h["start"]) >= 2]
-        if len(points) < 3:
-            return 0.0
-        x = np.array([p[0] for p in points], dtype=float)
-        y = np.array([p[1] for p in points], dtype=float)
-        n = np.array([p[2] for p in points], dtype=float)
-        # A median of n draws has variance ≈ (π/2)·σ²/n; σ from the spread within iterations.
-        sigma2 = float(np.mean([np.var(p[3], ddof=1) for p in points]))
-        weights = n / (math.pi / 2.0 * max(sigma2, 1e-12))
-        x_mean = np.sum(weights * x) / np.sum(weights)
-        spread = np.sum(weights * (x - x_mean) ** 2)
-        slope = float(np.sum(weights * (x - x_mean) * y) / spread)
-        stderr = math.sqrt(1.0 / spread)
-        return slope if abs(slope) > self.drift_z * stderr else 0.0
+    def estimate(self, share: float) -> tuple[float, float]:
+        """The ``share``-quantile of fresh margins over the window's iterations and its
+        standard error, from the spread of the per-iteration quantiles."""
+        # Median-unbiased quantiles: with 8 pairs the default interpolation sits 0.14σ low at 0.8.
+        per_iteration = np.array([np.quantile(h["start"], share, method="median_unbiased")
+                                  for h in self._history])
+        stderr = per_iteration.std(ddof=1) / math.sqrt(len(per_iteration))
+        return float(per_iteration.mean()), float(stderr)
 
     def describe(self) -> dict[str, Any]:
-        return {"gamma": self.value, "gamma_target_active_end": self.target,
-                "gamma_proposal": self._last.get("proposal"),
-                "gamma_drift": self._last.get("drift"),
-                "gamma_pooled_pairs": self._last.get("pooled_pairs"),
-                "gamma_active_end_pooled": self._last.get("active_end_pooled")}
+        return {"gamma": self.value, "gamma_target_active": self.target,
+                "gamma_estimate": self._last.get("estimate"),
+                "gamma_stderr": self._last.get("stderr")}
 
     def state_dict(self) -> dict[str, Any]:
         return {"controller": self.name, "gamma": self._gamma, "iteration": self._iteration,
