@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from bench.common import REPO, commit, versions
-from experiments.gamma_study import toy_run
+from experiments.gamma_study import COMMON, RECIPE, toy_run
 
 RESULTS = REPO / "experiments" / "results" / "gamma_pilot"
 TABLE = REPO / "docs" / "gamma-pilot-results.md"
@@ -53,8 +53,10 @@ def run_one(variant: str, arm: str, seed: int) -> dict:
               "final_score": records[-1]["eval_reward_mean"],
               "wall_s": time.perf_counter() - started,
               **{key: [r.get(key) for r in records]
-                 for key in ("reward_mean", "gamma", "active_fraction", "margin_p10",
-                             "margin_p50", "margin_p90", "n_pairs")},
+                 for key in ("reward_mean", "gamma", "gamma_estimate", "gamma_stderr",
+                             "active_fraction", "margin_p10", "margin_p50", "margin_p90",
+                             "n_pairs")},
+              "recipe": str(RECIPE.relative_to(REPO)), "common": COMMON,
               "eval_prompts": EVAL_PROMPTS, "commit": commit(), "versions": versions()}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
@@ -78,9 +80,9 @@ def table(results: list[dict]) -> str:
             if not runs:
                 continue
             scores = [r["final_score"] for r in runs]
-            spread = statistics.median(
-                hi - lo for r in runs for lo, hi in zip(r["margin_p10"], r["margin_p90"])
-                if lo is not None and hi is not None)
+            spreads = [hi - lo for r in runs for lo, hi in zip(r["margin_p10"], r["margin_p90"])
+                       if lo is not None and hi is not None]
+            spread = statistics.median(spreads) if spreads else float("nan")
             sd = statistics.stdev(scores) if len(scores) > 1 else float("nan")
             lines.append(f"| {variant} | {arm} | {len(runs)} | {statistics.fmean(scores):+.3f} "
                          f"| {sd:.3f} | {sum(s > BLIND for s in scores)}/{len(scores)} "

@@ -1,6 +1,6 @@
 """The run's statistics, torch-free: which pairs are active, and paired intervals.
 
-`active_fraction` is the one home of RePO's active share (metrics and the adaptive controller read
+`active_fraction` is the one home of RePO's active share (the metrics read
 it; the loss reports which pairs it filtered itself). `paired` is the one confidence interval the
 project prints: Student's t over paired differences, used by `selfplay eval` and the studies.
 """

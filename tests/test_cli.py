@@ -328,7 +328,9 @@ def test_offline_mode_trains_on_a_preference_dataset_and_filters_more_as_it_lear
 @pytest.mark.slow
 def test_adaptive_gamma_trajectory_survives_a_resume(tmp_path):
     def overrides(bad_call):
-        return ["gamma.controller=adaptive", "data.prompts_per_iteration=16", "--no-progress",
+        # band_z 0: γ moves from the third iteration on, so the resumed window must be right.
+        return ["gamma.controller=adaptive", "gamma.band_z=0", "data.prompts_per_iteration=16",
+                "--no-progress",
                 "rollout.engine=hf", "loop.iterations=5", "reward.name=flaky_rewards:FlakyRewarder",
                 f"reward.kwargs={{counter_file: {tmp_path / str(bad_call)}, bad_call: {bad_call}}}"]
     straight, split = tmp_path / "straight", tmp_path / "split"

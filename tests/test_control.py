@@ -218,6 +218,39 @@ def test_adaptive_follows_margins_down_as_well_as_up():
     assert np.sum(np.diff(gammas[peak:]) < 0) >= 3  # it came down in steps, not by a bound
 
 
+def test_adaptive_estimate_by_hand():
+    # Three iterations; the share falls 0.9 → 0.1 over 5 iterations, so the estimate after
+    # iteration 3 uses the share of iteration 4 (0.3) on each iteration's own margins.
+    controller = adaptive(5, active_start=0.9, active_end=0.1, band_z=0.0)
+    margins = [[0.0, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [-1.0, 0.0, 1.0]]
+    for iteration, observed in enumerate(margins, start=1):
+        controller.update(observe(iteration, 5, observed))
+    assert controller.target == pytest.approx(0.3)
+    per_iteration = [np.quantile(m, 0.3, method="median_unbiased") for m in margins]
+    state = controller.describe()
+    assert state["gamma_estimate"] == pytest.approx(np.mean(per_iteration))
+    assert state["gamma_stderr"] == pytest.approx(np.std(per_iteration, ddof=1) / np.sqrt(3))
+    assert controller.value == pytest.approx(np.mean(per_iteration))  # all the way, not halfway
+
+
+def test_adaptive_skips_non_finite_margins_and_loads_the_earlier_rules_state():
+    controller = adaptive(10, band_z=0.0)
+    for iteration in (1, 2, 3):
+        controller.update(observe(iteration, 10, [0.1, float("nan"), 0.3, float("inf")]))
+    assert controller.value == pytest.approx(np.quantile([0.1, 0.3], 0.8, method="median_unbiased"))
+    # A checkpoint of the earlier rule: end margins too, and iterations with too few pairs.
+    old = {"controller": "adaptive", "gamma": 0.7, "iteration": 4, "last": {},
+           "history": [{"iteration": 1, "start": [], "end": []},
+                       {"iteration": 2, "start": [0.2], "end": [0.4]},
+                       {"iteration": 3, "start": [0.1, 0.5], "end": [0.3, 0.7]}]}
+    resumed = adaptive(10)
+    resumed.load_state_dict(old)
+    assert resumed.value == 0.7
+    assert resumed.state_dict()["history"] == [{"iteration": 3, "start": [0.1, 0.5]}]
+    resumed.update(observe(4, 10, [0.0, 1.0]))  # waits: two usable iterations so far
+    assert resumed.value == 0.7
+
+
 def test_adaptive_target_share_moves_over_the_run():
     controller = adaptive(11, active_start=0.7, active_end=0.2)
     targets = []

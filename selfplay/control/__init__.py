@@ -43,14 +43,16 @@ class ScheduleConfig(Section):
 
 class AdaptiveConfig(Section):
     controller: Literal["adaptive"] = "adaptive"
-    initial: float = Field(0.5, ge=0, description="γ until three iterations have been seen.")
+    initial: float = Field(0.5, ge=0, description="γ until three iterations with pairs have "
+                           "been seen.")
     active_start: float = Field(0.8, gt=0, lt=1, description="Share of fresh pairs that γ "
                                 "leaves active (margin below γ) at the first iteration: γ is "
                                 "this quantile of the recent fresh margins.")
     active_end: float = Field(0.8, gt=0, lt=1, description="That share at the last iteration "
                               "(lower it for the paper's large-to-small curriculum).")
-    window: int = Field(6, ge=3, description="Recent iterations whose margins give the estimate "
-                        "and its noise (more: steadier γ, slower to follow).")
+    window: int = Field(6, ge=3, description="The last iterations with at least two pairs, whose "
+                        "margins give the estimate and its noise (more: steadier γ, slower to "
+                        "follow).")
     band_z: float = Field(2.0, ge=0, description="γ moves only when the estimate is this many "
                           "standard errors away from it (errors from the spread between "
                           "iterations).")
@@ -207,11 +209,12 @@ class AdaptiveGamma(GammaController):
 
     A quantile is scale-free: the margins' scale differs by model, answer length and learning
     rate, a share of pairs does not. Fresh margins (each pair's margin before its own update
-    step) depend on the policy, not on γ, so γ cannot feed back into what it is estimated from.
+    step) are measured before the update they feed, so γ reaches them only through the policy
+    it helped train, not by pushing the very margins it is estimated from.
 
     After iteration t, with q the share of fresh pairs to leave active at iteration t+1:
 
-    1. Each iteration i of the last ``window`` gives one number, s_i = the q-quantile of its
+    1. Each of the last ``window`` iterations with at least two pairs gives one number, s_i = the q-quantile of its
        fresh margins. The s_i vary from iteration to iteration by pair sampling, by the update
        the pairs of one iteration share, and by the policy's drift; their spread measures all of
        it (pair counts would measure only the first).
@@ -221,8 +224,8 @@ class AdaptiveGamma(GammaController):
        estimate falls as readily as it rises.
 
     A fitted trend was tried, to follow drift sooner: over six iterations its false alarms
-    raised γ's spread on stationary margins from 0.10 to 0.14 (the tests' simulation), while the
-    plain mean lags a drift by only (window − 1)/2 iterations.
+    raised γ's standard deviation on stationary margins from about 0.10 to 0.14 (the tests'
+    simulation, 40 seeds), while the plain mean lags a drift by only (window − 1)/2 iterations.
     """
 
     name = "adaptive"
@@ -250,7 +253,7 @@ class AdaptiveGamma(GammaController):
     def update(self, observation: MarginObservation) -> None:
         self._iteration = observation.iteration + 1
         self._last = {}
-        margins = [float(m) for m in observation.margins_start]
+        margins = [float(m) for m in observation.margins_start if math.isfinite(m)]
         if len(margins) < 2:
             return  # too few pairs to say where a quantile lies
         self._history.append({"iteration": observation.iteration, "start": margins})
@@ -285,7 +288,10 @@ class AdaptiveGamma(GammaController):
         self._check_state(state)
         self._gamma = _finite("gamma", state["gamma"])
         self._iteration = int(state["iteration"])
-        self._history = [dict(h) for h in state.get("history", [])]
+        # Only entries this rule can use (a state of the earlier rule also kept end margins).
+        history = [{"iteration": int(h["iteration"]), "start": [float(m) for m in h["start"]]}
+                   for h in state.get("history", []) if len(h.get("start", [])) >= 2]
+        self._history = history[-self.window:]
         self._last = dict(state.get("last", {}))
 
 
