@@ -219,6 +219,14 @@ def _plot_gamma(ax, records: list[dict]) -> bool:
     ax.set_ylabel("γ (nats/token)")
     # From 0: a fixed γ is a flat line, not noise blown up to fill the axis.
     ax.set_ylim(0, 1.15 * max(max(v for v in _series(records, "gamma") if v == v), 1e-3))
+    estimated = [r for r in records if _number(r, "gamma_estimate") is not None
+                 and _number(r, "gamma_stderr") is not None]
+    if estimated:  # the adaptive controller's estimate, drawn at the iteration it was made for
+        x = [r["iteration"] + 1 for r in estimated]
+        mid = [r["gamma_estimate"] for r in estimated]
+        half = [2 * r["gamma_stderr"] for r in estimated]
+        ax.fill_between(x, [m - h for m, h in zip(mid, half)], [m + h for m, h in zip(mid, half)],
+                        color="gray", alpha=0.25, label="estimate ± 2 s.e.")
     ax.set_title("γ and the share of pairs it lets through")
     share = ax.twinx()
     for key, label, color, line in (("active_fraction", "active (start of update)", "tab:green",

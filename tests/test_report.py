@@ -47,7 +47,12 @@ def assert_png(path) -> None:
 
 
 def test_online_run_writes_every_plot(tmp_path):
-    write_metrics(tmp_path, [online_record(i) for i in (1, 2, 3)])
+    records = [online_record(i) for i in (1, 2, 3)]
+    # An adaptive run: the estimate is null until it has enough iterations.
+    records[0].update(gamma_estimate=None, gamma_stderr=None)
+    for record in records[1:]:
+        record.update(gamma_estimate=0.5, gamma_stderr=0.05)
+    write_metrics(tmp_path, records)
     result = write_report(tmp_path)
     assert [p.name for p in result.plots] == ALL_PLOTS and result.skipped == {}
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == sorted(ALL_PLOTS)
