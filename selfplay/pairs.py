@@ -61,18 +61,34 @@ def best_worst_pairs(prompt_ids: list[list[int]], completions: list[list[Complet
     return pairs, PairStats(n_prompts=n, n_pairs=len(pairs), n_dropped=n - len(pairs))
 
 
+def ended_field(column: str) -> str:
+    """The optional column saying whether `column`'s answer ended by itself (True) or was cut at
+    the length limit (False); `selfplay sample` writes it."""
+    return f"{column}_ended"
+
+
+def ended(completion: Completion, tokenizer) -> bool:
+    """Whether a sampled completion stopped at EOS rather than at max_new_tokens."""
+    ids = completion.token_ids
+    return bool(ids) and tokenizer.eos_token_id is not None and ids[-1] == tokenizer.eos_token_id
+
+
 def offline_pairs(raw_rows: list[dict], tokenizer, data) -> tuple[list[Pair], PairStats]:
     """Pairs straight from a preference dataset's rows (the paper's offline setting); `data` is
-    the recipe's data section (which columns hold the prompt, chosen and rejected text)."""
+    the recipe's data section (which columns hold the prompt, chosen and rejected text). Each
+    answer gets an EOS unless its `ended_field` column says it was cut at the length limit."""
     from selfplay.data import format_prompt
 
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+    def completion(row: dict, column: str) -> Completion:
+        ids = tokenizer(row[column], add_special_tokens=False)["input_ids"]
+        return Completion(row[column], ids + (eos if row.get(ended_field(column), True) else []))
+
     pairs = []
     for index, row in enumerate(raw_rows):
         prompt = format_prompt(tokenizer, row[data.prompt_field], data.chat_template)
-        chosen, rejected = (
-            Completion(row[column], tokenizer(row[column], add_special_tokens=False)["input_ids"]
-                       + eos)
-            for column in (data.chosen_field, data.rejected_field))
+        chosen, rejected = (completion(row, column)
+                            for column in (data.chosen_field, data.rejected_field))
         pairs.append(Pair(index, tokenizer(prompt)["input_ids"], chosen, rejected, 1.0, 0.0))
     return pairs, PairStats(len(raw_rows), len(pairs), 0)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from selfplay.data import load_prompt_table, to_prompt_rows, PromptStream
 from selfplay.errors import UserError
+from selfplay.pairs import ended, ended_field
 from selfplay.recipe import Recipe
 from selfplay.scoring import play_round
 from selfplay.seeding import sampling_seed
@@ -72,7 +73,10 @@ def sample_pairs(recipe: Recipe, out: Path, prompts: int, *, overwrite: bool = F
                 row.update({data.chosen_field: pair.chosen.text,
                             data.rejected_field: pair.rejected.text,
                             "chosen_reward": pair.chosen_reward,
-                            "rejected_reward": pair.rejected_reward})
+                            "rejected_reward": pair.rejected_reward,
+                            # An answer cut at max_new_tokens must not learn to stop there.
+                            ended_field(data.chosen_field): ended(pair.chosen, tokenizer),
+                            ended_field(data.rejected_field): ended(pair.rejected, tokenizer)})
                 lines.append(json.dumps(row))
             done += count
             echo(f"sampled {done}/{prompts} prompts: {len(lines)} pairs")

@@ -48,3 +48,24 @@ def test_the_strategies_share_one_entry_point():
     args = ([[1]], [completions("a", "b", "c")], [[0.0, 0.5, 1.0]])
     assert len(self_play_pairs("best_worst", *args)[0]) == 1
     assert len(self_play_pairs("all_levels", *args)[0]) == 3
+
+
+def test_offline_answers_cut_at_the_length_limit_get_no_eos():
+    from types import SimpleNamespace
+
+    from selfplay.pairs import ended, offline_pairs
+    from selfplay.tiny_model import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    eos = tokenizer.eos_token_id
+    assert ended(Completion("ab", [5, 6, eos]), tokenizer)
+    assert not ended(Completion("ab", [5, 6]), tokenizer)
+    assert not ended(Completion("", []), tokenizer)
+    data = SimpleNamespace(prompt_field="prompt", chosen_field="chosen", rejected_field="rejected",
+                           chat_template=False)
+    rows = [{"prompt": "p", "chosen": "ab", "rejected": "cd", "rejected_ended": False},
+            {"prompt": "p", "chosen": "ab", "rejected": "cd", "chosen_ended": True}]
+    pairs, _ = offline_pairs(rows, tokenizer, data)
+    # A user's dataset without the columns: every answer ended, as before.
+    assert [(p.chosen.token_ids[-1] == eos, p.rejected.token_ids[-1] == eos) for p in pairs] == [
+        (True, False), (True, True)]

@@ -20,6 +20,9 @@ def test_sampled_pairs_are_the_online_runs_prompts_scored_and_train_offline(tmp_
     assert result.stdout.splitlines()[-1].endswith(f"(sampling and scoring): {out}")
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert 0 < len(rows) <= 12
+    # Whether each answer stopped by itself: offline training gives only those an EOS.
+    assert all(type(row[f"{side}_ended"]) is bool
+               for row in rows for side in ("chosen", "rejected"))
     # The prompts an online run with the same seed draws first, in that order.
     recipe = load(TINY_RECIPE, ["loop.seed=3"])
     stream = PromptStream(load_prompt_table(recipe.data.prompts, "prompt"), "prompt", seed=3)
