@@ -25,7 +25,7 @@ from experiments.gamma_study import COMMON, RECIPE, toy_run
 
 RESULTS = REPO / "experiments" / "results" / "gamma_pilot"
 TABLE = REPO / "docs" / "gamma-pilot-results.md"
-SEEDS = [300, 301, 302]
+SEEDS = [300, 301, 302]  # the extension adds 303-307
 EVAL_PROMPTS = "data/groups-tune.jsonl"
 ITERATIONS = ["loop.iterations=30", "loop.checkpoint_every=30"]
 BLIND = -1 / 3  # the best a policy that ignores its prompt can score
@@ -34,8 +34,11 @@ BLIND = -1 / 3  # the best a policy that ignores its prompt can score
 VARIANTS = {"short": ["rollout.max_new_tokens=6"], "medium": ["rollout.max_new_tokens=16"],
             "long": ["rollout.max_new_tokens=40"]}
 ARMS = {**{f"fixed-{g}": ["gamma.controller=fixed", f"gamma.value={g}"]
-           for g in ("0.125", "0.25", "0.5", "1.0", "2.0")},
-        "adaptive": ["gamma.controller=adaptive"]}
+           for g in ("0.125", "0.25", "0.5", "1.0", "2.0", "4.0")},
+        "adaptive": ["gamma.controller=adaptive"],
+        # The extension (docs/gamma-pilot.md): a share that sits where the best fixed γ did.
+        "adaptive-q0.95": ["gamma.controller=adaptive", "gamma.active_start=0.95",
+                           "gamma.active_end=0.95", "gamma.gamma_max=8.0"]}
 
 
 def result_path(variant: str, arm: str, seed: int) -> Path:
