@@ -27,6 +27,7 @@ def recheck(name: str, seed: int, lr: float) -> dict:
         return json.loads(out.read_text())
     run_dir = RUNS / "test" / f"seed{seed}" / name
     run = run_selfplay(run_dir, seed, [f"train.lr={lr}"])
+    out.parent.mkdir(parents=True, exist_ok=True)
     evaluation = out.with_name(f"eval-seed{seed}-{name}.json")
     if not evaluation.exists():
         selfplay("eval", MODEL, str(run_dir), "--prompts", str(EVAL["test"]), *EVAL_ARGS,

@@ -173,4 +173,8 @@ def format_report(report: dict) -> str:
 
 
 def save_report(report: dict, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(report, indent=1) + "\n")
+    """Writes the report as JSON, making the folders it goes in (an evaluation is not lost to a
+    missing folder at the very end)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")

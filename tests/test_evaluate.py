@@ -140,7 +140,7 @@ def test_a_run_directory_stands_for_its_final_model(two_models, tmp_path):
 def test_cli_compares_a_model_with_a_run_and_writes_json(two_models, tmp_path):
     run_dir = tmp_path / "run"
     build_tiny_model(run_dir / "final", seed=1)
-    out = tmp_path / "scores.json"
+    out = tmp_path / "not" / "yet" / "scores.json"  # the folders are made, not a crash at the end
     result = run_cli("eval", two_models[0], run_dir, *SMALL, "--out", out)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
