@@ -215,9 +215,9 @@ class AdaptiveGamma(GammaController):
     After iteration t, with q the share of fresh pairs to leave active at iteration t+1:
 
     1. Each of the last ``window`` iterations with at least two pairs gives one number,
-       s_i = the q-quantile of its fresh margins. The s_i vary from iteration to iteration by pair sampling, by the update
-       the pairs of one iteration share, and by the policy's drift; their spread measures all of
-       it (pair counts would measure only the first).
+       s_i = the q-quantile of its fresh margins. The s_i vary from iteration to iteration by
+       pair sampling, by the update the pairs of one iteration share, and by the policy's
+       drift; their spread measures all of it (pair counts would measure only the first).
     2. The estimate is the mean of the s_i, with standard error sd(s)/√k.
     3. γ moves to the estimate, within ``[gamma_min, gamma_max]``, only when it is more than
        ``band_z`` standard errors away; otherwise it stays. Nothing makes a move one-way: the
