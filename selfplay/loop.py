@@ -174,7 +174,7 @@ class Loop:
         record = iteration_record(iteration, gamma_fields, collected, pair_stats, update,
                                   time_sync, evaluation)
         self.controller.update(MarginObservation(iteration, self.recipe.loop.iterations,
-                                                 update.stats.margins, update.margins_end))
+                                                 update.stats.margins))
         record["gamma_next"] = self.controller.value
         actors_rss = self.placement.actors_rss_mb()
         if actors_rss is not None:  # before the checkpoint, whose copy of the record must match
@@ -237,9 +237,8 @@ class Loop:
     @property
     def _measure_end_margins(self) -> bool:
         """Whether to score the pairs again after the update: a no-grad pass costing about a
-        fifth of the update, so only when the controller reads it or the recipe asks."""
-        return (self.controller.reads_end_margins
-                or self.recipe.logging.end_margins == "always")
+        fifth of the update, for the metrics only, so only when the recipe asks."""
+        return self.recipe.logging.end_margins == "always"
 
     def _train(self, iteration: int, pairs: list[Pair]) -> UpdateSummary:
         """One update on the pairs; the margins before (and, when needed, after) it feed the γ

@@ -246,8 +246,8 @@ class LoggingConfig(Section):
     save_rollouts: bool = Field(True, description="Write rollouts/iter-NNNN.jsonl.")
     end_margins: Literal["auto", "always"] = Field(
         "auto", description="Score every pair again after the update (active_fraction_end, "
-        "margin_end_p50): a no-grad pass of about a fifth of an update. auto: only when the γ "
-        "controller reads it (no built-in one does); always: for every controller.")
+        "margin_end_p50): a no-grad pass of about a fifth of an update. auto: not run (no γ "
+        "controller needs it); always: run it, for the metrics.")
     tensorboard: bool = Field(False, description="Also log every numeric metric to "
                               "RUN_DIR/tensorboard (step = iteration).")
     wandb: bool = Field(False, description="Also log every numeric metric to Weights & Biases "

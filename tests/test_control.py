@@ -25,8 +25,8 @@ def schedule(start, end, iterations, shape="linear"):
     return ScheduledGamma(ScheduleConfig(start=start, end=end, shape=shape), iterations)
 
 
-def observe(iteration, iterations=10, start=(), end=()):
-    return MarginObservation(iteration, iterations, list(start), list(end))
+def observe(iteration, iterations=10, start=()):
+    return MarginObservation(iteration, iterations, list(start))
 
 
 def trajectory(controller, first, last, iterations):

@@ -127,7 +127,7 @@ def test_the_seed_decides_the_initial_queue_and_the_sampling():
 def test_value_is_gamma0_and_update_changes_nothing():
     made = GammaPO(GammaPOConfig(value=0.4))
     before = made.state_dict()
-    made.update(MarginObservation(1, 3, [0.1, 0.2], [0.3, 0.4]))
+    made.update(MarginObservation(1, 3, [0.1, 0.2]))
     assert made.value == 0.4 and made.state_dict() == before == {"controller": "gammapo"}
     assert CONTROLLERS["gammapo"] is GammaPO
 

@@ -73,7 +73,6 @@ class MarginObservation:
     iteration: int  # the iteration just finished, 1-based
     iterations: int  # the number planned
     margins_start: Sequence[float] = field(default=())  # per pair, when first seen in the update
-    margins_end: Sequence[float] = field(default=())  # per pair, after the update
 
     def __post_init__(self) -> None:
         for name in ("iteration", "iterations"):
@@ -86,8 +85,6 @@ class GammaController(ABC):
     """Interface every γ controller implements."""
 
     name: ClassVar[str]  # the key in CONTROLLERS, also stored in the state
-    # Whether update() reads `margins_end`: the loop skips that extra scoring pass otherwise.
-    reads_end_margins: ClassVar[bool] = False
 
     @property
     @abstractmethod
